@@ -1,0 +1,5 @@
+import sys
+
+from thoraxseg.cli import main
+
+sys.exit(main())

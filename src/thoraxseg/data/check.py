@@ -1,0 +1,228 @@
+"""Dataset validation: readable files, matching geometry, valid labels, plausible label placement.
+
+Errors (the case is unusable): unreadable/truncated/corrupt file, image/label shape
+or geometry mismatch (spacing, origin, direction within a tolerance), labels
+outside 0–4, NaN/inf voxels, empty (constant) image, missing label file.
+
+Warnings (the case is usable but suspicious): an organ label that sits where its
+tissue cannot be — measured as the **air fraction**, the share of the label's
+voxels whose CT value is below :data:`AIR_HU` (−400 HU: lung parenchyma and
+outside air), and the mean HU inside the label. The heart, aorta and esophagus
+are soft tissue (contrast-enhanced or not), so a high air fraction means the
+label was moved onto the lungs or out of the body (the SegTHOR course
+corruption). The trachea label is the air lumen, so for it a *low* air fraction
+is suspicious. Organs absent from a label file are reported as a note.
+
+Examples
+--------
+>>> import numpy as np
+>>> ct = np.full((4, 4, 4), 40, np.int16); ct[:2] = -850
+>>> lab = np.zeros((4, 4, 4), np.uint8); lab[1:3] = 2
+>>> label_air_fraction(ct, lab, 2)
+0.5
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from thoraxseg.data.layout import Case, discover_cases
+from thoraxseg.data.volume import Volume, load_image, load_label, same_geometry
+from thoraxseg.errors import InputError
+from thoraxseg.labels import ORGANS, Organ, label_name
+from thoraxseg.utils.progress import make_progress
+
+#: CT values below this (HU) count as air (lung parenchyma, airways, outside the body).
+AIR_HU: float = -400.0
+
+#: Largest acceptable air fraction per soft-tissue organ before a warning.
+MAX_AIR_FRACTION: dict[int, float] = {
+    int(Organ.ESOPHAGUS): 0.35,  # may hold a small air lumen
+    int(Organ.HEART): 0.08,
+    int(Organ.AORTA): 0.08,
+}
+#: Smallest acceptable air fraction for the trachea (its label is the air lumen).
+MIN_TRACHEA_AIR_FRACTION: float = 0.5
+
+
+def label_air_fraction(ct: np.ndarray, labels: np.ndarray, organ: int, air_hu: float = AIR_HU) -> float:
+    """Fraction of ``organ``'s voxels whose CT value is below ``air_hu`` (HU).
+
+    ``ct`` and ``labels`` share a grid (any axis order). Returns NaN when the organ is absent.
+    """
+    mask = labels == organ
+    n = int(mask.sum())
+    if n == 0:
+        return float("nan")
+    return float(np.count_nonzero(ct[mask] < air_hu)) / n
+
+
+@dataclass
+class OrganPlacement:
+    """Where one organ label sits on the CT."""
+
+    organ: str
+    voxels: int
+    volume_ml: float
+    mean_hu: float
+    air_fraction: float
+    suspicious: bool
+
+
+@dataclass
+class CaseReport:
+    """Validation result of one case."""
+
+    patient_id: str
+    image: str
+    label: str | None
+    shape: list[int] | None = None
+    spacing_mm: list[float] | None = None
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    organs: list[OrganPlacement] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def status(self) -> str:
+        return "error" if self.errors else ("warning" if self.warnings else "ok")
+
+
+@dataclass
+class CheckReport:
+    """Validation result of a dataset."""
+
+    root: str
+    cases: list[CaseReport]
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no case (and no dataset-level problem) has an error. Warnings do not count."""
+        return not self.errors and all(c.ok for c in self.cases)
+
+    @property
+    def n_warnings(self) -> int:
+        return sum(1 for c in self.cases if c.warnings)
+
+    def to_dict(self) -> dict:
+        return {
+            "root": self.root,
+            "ok": self.ok,
+            "n_cases": len(self.cases),
+            "n_errors": sum(1 for c in self.cases if c.errors) + len(self.errors),
+            "n_warnings": self.n_warnings,
+            "errors": self.errors,
+            "cases": [{**asdict(c), "status": c.status} for c in self.cases],
+        }
+
+
+def organ_placement(ct: np.ndarray, labels: np.ndarray, voxel_ml: float) -> list[OrganPlacement]:
+    """Mean HU and air fraction of every organ present in ``labels``."""
+    out: list[OrganPlacement] = []
+    for organ in ORGANS:
+        mask = labels == organ
+        n = int(mask.sum())
+        if n == 0:
+            continue
+        values = ct[mask]
+        air = float(np.count_nonzero(values < AIR_HU)) / n
+        if organ == Organ.TRACHEA:
+            suspicious = air < MIN_TRACHEA_AIR_FRACTION
+        else:
+            suspicious = air > MAX_AIR_FRACTION[int(organ)]
+        out.append(OrganPlacement(label_name(organ), n, round(n * voxel_ml, 3), round(float(values.mean()), 1),
+                                  round(air, 4), bool(suspicious)))
+    return out
+
+
+def _placement_warning(p: OrganPlacement) -> str:
+    if p.organ == "trachea":
+        return (f"trachea label looks misplaced: only {p.air_fraction:.0%} of it on air "
+                f"(mean {p.mean_hu:.0f} HU; the trachea label should be the air lumen)")
+    return (f"{p.organ} label looks misplaced: {p.air_fraction:.0%} of it on air "
+            f"(< {AIR_HU:.0f} HU; mean {p.mean_hu:.0f} HU, expected soft tissue)")
+
+
+def check_case(case: Case, require_label: bool | None = None) -> CaseReport:
+    """Validate one case; never raises for bad input (problems go into the report).
+
+    Parameters
+    ----------
+    case
+        The case to check.
+    require_label
+        Whether a missing ``GT.nii.gz`` is an error. Default: required unless the case is in a ``test`` split.
+    """
+    if require_label is None:
+        require_label = case.split != "test"
+    rep = CaseReport(case.patient_id, str(case.image_path), str(case.label_path) if case.label_path else None)
+    image: Volume | None = None
+    try:
+        image = load_image(case.image_path)
+        rep.shape = list(image.shape)
+        rep.spacing_mm = [round(s, 4) for s in image.spacing]
+    except InputError as exc:
+        rep.errors.append(str(exc))
+    labels_to_check = [p for p in (case.label_path, case.clean_label_path) if p is not None]
+    if case.label_path is None and require_label:
+        folder = case.image_path.parent
+        rep.errors.append(f"{folder / 'GT.nii.gz'}: missing label file")
+    for label_path in labels_to_check:
+        try:
+            label = load_label(label_path)
+        except InputError as exc:
+            rep.errors.append(str(exc))
+            continue
+        if image is None:
+            continue
+        diff = same_geometry(image, label)
+        if diff is not None:
+            rep.errors.append(f"{label_path}: geometry differs from image {case.image_path.name}: {diff}")
+            continue
+        if label_path != case.label_path:
+            continue  # the clean reference is validated but its placement is not what we report
+        placements = organ_placement(image.array, label.array, image.voxel_volume_ml)
+        rep.organs = placements
+        for p in placements:
+            if p.suspicious:
+                rep.warnings.append(f"{label_path}: {_placement_warning(p)}")
+        present = {p.organ for p in placements}
+        absent = [label_name(o) for o in ORGANS if label_name(o) not in present]
+        if len(absent) == len(ORGANS):
+            rep.warnings.append(f"{label_path}: label volume is empty (no organ labelled)")
+        elif absent:
+            rep.notes.append(f"{label_path}: organs absent: {', '.join(absent)}")
+    return rep
+
+
+def check_dataset(root: str | Path, workers: int = 1, progress: bool = True) -> CheckReport:
+    """Validate every case under ``root`` (any layout :func:`~thoraxseg.data.layout.discover_cases` reads).
+
+    A root that cannot be read at all gives a report with a dataset-level error and no cases.
+    """
+    try:
+        cases = discover_cases(root)
+    except InputError as exc:
+        return CheckReport(str(root), [], [str(exc)])
+    reports: list[CaseReport] = []
+    with make_progress() as bar:
+        task = bar.add_task("checking", total=len(cases), visible=progress)
+        if workers > 1 and len(cases) > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for rep in pool.map(check_case, cases):
+                    reports.append(rep)
+                    bar.advance(task)
+        else:
+            for case in cases:
+                reports.append(check_case(case))
+                bar.advance(task)
+    return CheckReport(str(root), reports)

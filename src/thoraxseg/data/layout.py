@@ -1,0 +1,150 @@
+"""Finding cases in SegTHOR-style folders.
+
+Recognised layouts under a root folder ``ROOT``:
+
+* ``ROOT/train/Patient_XX/{Patient_XX.nii.gz, GT.nii.gz[, GT_clean.nii.gz]}`` (SegTHOR training)
+* ``ROOT/test/Patient_XX.nii.gz`` (SegTHOR test, no labels)
+* ``ROOT/Patient_XX/{Patient_XX.nii.gz, GT.nii.gz}`` (a plain case folder directly under ROOT)
+* ``ROOT/Patient_XX.nii.gz`` (a flat folder of images or predictions)
+* ``ROOT`` itself being one ``Patient_XX/`` case folder
+
+Examples
+--------
+>>> import tempfile, pathlib
+>>> root = pathlib.Path(tempfile.mkdtemp())
+>>> (root / "train" / "Patient_01").mkdir(parents=True)
+>>> _ = (root / "train" / "Patient_01" / "Patient_01.nii.gz").write_bytes(b"")
+>>> _ = (root / "train" / "Patient_01" / "GT.nii.gz").write_bytes(b"")
+>>> [(c.patient_id, c.split, c.label_path.name) for c in discover_cases(root)]
+[('Patient_01', 'train', 'GT.nii.gz')]
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from thoraxseg.data.volume import is_nifti, nifti_stem
+from thoraxseg.errors import InputError
+
+#: Names treated as the label file of a case folder.
+LABEL_NAME = "GT.nii.gz"
+#: Name of the clean reference label (patient 27 in the course copy; first phantom patient).
+CLEAN_LABEL_NAME = "GT_clean.nii.gz"
+_LABEL_NAMES = {"GT.nii.gz", "GT.nii", "GT_clean.nii.gz", "GT_clean.nii", "GT2.nii.gz"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One patient: paths only (nothing is read).
+
+    Attributes
+    ----------
+    patient_id
+        Folder/file stem, e.g. ``"Patient_07"``.
+    image_path
+        The CT (int16 HU).
+    label_path
+        ``GT.nii.gz`` or None (test cases).
+    clean_label_path
+        ``GT_clean.nii.gz`` when present (reference pair for label realignment).
+    split
+        ``"train"``, ``"test"`` or ``""`` (plain layout).
+    """
+
+    patient_id: str
+    image_path: Path
+    label_path: Path | None = None
+    clean_label_path: Path | None = None
+    split: str = ""
+
+
+def _natural_key(text: str) -> list[object]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def _case_from_folder(folder: Path, split: str) -> Case | None:
+    niftis = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p))
+    images = [p for p in niftis if p.name not in _LABEL_NAMES]
+    preferred = [p for p in images if nifti_stem(p) == folder.name]
+    if preferred:
+        image = preferred[0]
+    elif len(images) == 1:
+        image = images[0]
+    elif not images:
+        if niftis:
+            raise InputError(folder, "case folder has a label but no image file")
+        return None
+    else:
+        raise InputError(folder, f"several candidate images: {', '.join(p.name for p in images)}")
+    label = next((folder / n for n in ("GT.nii.gz", "GT.nii") if (folder / n).is_file()), None)
+    clean = next((folder / n for n in ("GT_clean.nii.gz", "GT_clean.nii") if (folder / n).is_file()), None)
+    return Case(folder.name, image, label, clean, split)
+
+
+def discover_cases(root: str | Path) -> list[Case]:
+    """List the cases under ``root`` in natural patient order (see module docstring for layouts).
+
+    Raises
+    ------
+    InputError
+        If ``root`` does not exist or holds no recognisable case.
+    """
+    base = Path(root)
+    if not base.exists():
+        raise InputError(base, "folder not found")
+    if base.is_file():
+        if is_nifti(base):
+            return [Case(nifti_stem(base), base)]
+        raise InputError(base, "not a folder or NIfTI file")
+    if any((base / n).is_file() for n in ("GT.nii.gz", "GT.nii")):
+        case = _case_from_folder(base, "")  # ROOT is itself one case folder
+        if case:
+            return [case]
+    cases: list[Case] = []
+    for split in ("train", "test"):
+        sub = base / split
+        if not sub.is_dir():
+            continue
+        for entry in sorted(sub.iterdir(), key=lambda p: _natural_key(p.name)):
+            if entry.is_dir():
+                case = _case_from_folder(entry, split)
+                if case:
+                    cases.append(case)
+            elif entry.is_file() and is_nifti(entry) and entry.name not in _LABEL_NAMES:
+                cases.append(Case(nifti_stem(entry), entry, split=split))
+    for entry in sorted(base.iterdir(), key=lambda p: _natural_key(p.name)):
+        if entry.name in ("train", "test") or entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            case = _case_from_folder(entry, "")
+            if case:
+                cases.append(case)
+        elif entry.is_file() and is_nifti(entry) and entry.name not in _LABEL_NAMES:
+            cases.append(Case(nifti_stem(entry), entry))
+    if not cases:
+        raise InputError(base, "no cases found (expected train/Patient_XX/, Patient_XX/ or Patient_XX.nii.gz)")
+    ids = [c.patient_id for c in cases]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise InputError(base, f"patient IDs appear more than once: {', '.join(dupes)}")
+    return cases
+
+
+def labelled_cases(root: str | Path) -> list[Case]:
+    """Cases that have a ``GT`` label (training cases)."""
+    cases = [c for c in discover_cases(root) if c.label_path is not None]
+    if not cases:
+        raise InputError(Path(root), "no labelled cases (no GT.nii.gz found)")
+    return cases
+
+
+def find_case_image(folder: str | Path, patient_id: str) -> Path:
+    """Path of ``patient_id``'s NIfTI in a flat folder (``Patient_XX.nii.gz`` or ``.nii``)."""
+    base = Path(folder)
+    for suffix in (".nii.gz", ".nii"):
+        p = base / f"{patient_id}{suffix}"
+        if p.is_file():
+            return p
+    raise InputError(base / f"{patient_id}.nii.gz", "file not found")

@@ -1,0 +1,243 @@
+"""NIfTI reading and writing that keeps the full geometry.
+
+Axis order is NIfTI voxel order ``(x, y, z)`` (nibabel), spacing in mm, world
+coordinates in the file's own frame (the ``affine``: voxel index → mm, RAS+ as
+nibabel reports it). Reading never returns a half-decoded array: corrupt or
+truncated files raise :class:`~thoraxseg.errors.InputError` naming the file.
+
+Examples
+--------
+>>> import numpy as np, tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> img = Volume(np.arange(120, dtype=np.int16).reshape(4, 5, 6), np.diag([0.8, 0.8, 2.5, 1.0]))
+>>> save_volume(img, d / "ct.nii.gz")
+>>> back = load_image(d / "ct.nii.gz")
+>>> back.shape, back.spacing
+((4, 5, 6), (0.8, 0.8, 2.5))
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from thoraxseg.errors import InputError
+from thoraxseg.labels import MAX_LABEL
+from thoraxseg.utils.atomic import atomic_path
+
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass
+class Volume:
+    """A 3D array with its geometry.
+
+    Attributes
+    ----------
+    array
+        Voxel data, axes ``(x, y, z)``. CT in HU (int16), labels uint8.
+    affine
+        4×4 voxel-index → world (mm) matrix.
+    header
+        The source NIfTI header (kept so written files match the source), or None.
+    path
+        Where it was read from, if anywhere.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header | None = field(default=None, repr=False)
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.affine.shape != (4, 4):
+            raise ValueError(f"affine must be 4x4, got {self.affine.shape}")
+        if self.array.ndim != 3:
+            raise ValueError(f"expected a 3D array, got shape {self.array.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Voxel counts along ``(x, y, z)``."""
+        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along ``(x, y, z)`` (column norms of the affine)."""
+        return tuple(float(round(v, 6)) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+    @property
+    def origin(self) -> tuple[float, float, float]:
+        """World position (mm) of voxel ``(0, 0, 0)``."""
+        return tuple(float(v) for v in self.affine[:3, 3])  # type: ignore[return-value]
+
+    @property
+    def direction(self) -> np.ndarray:
+        """3×3 matrix of unit axis directions (columns) in world space."""
+        return self.affine[:3, :3] / np.linalg.norm(self.affine[:3, :3], axis=0)
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in mL."""
+        return float(np.prod(self.spacing)) / 1000.0
+
+    def with_array(self, array: np.ndarray) -> Volume:
+        """A new volume with the same geometry and another array of the same shape."""
+        if array.shape != self.array.shape:
+            raise ValueError(f"shape {array.shape} differs from {self.array.shape}")
+        return Volume(array, self.affine.copy(), self.header, None)
+
+
+def is_nifti(path: str | Path) -> bool:
+    """True for names ending in ``.nii`` or ``.nii.gz``."""
+    return str(path).endswith(_NIFTI_SUFFIXES)
+
+
+def nifti_stem(path: str | Path) -> str:
+    """File name without ``.nii``/``.nii.gz``: ``Patient_01.nii.gz -> Patient_01``."""
+    name = Path(path).name
+    for suffix in _NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def load_volume(path: str | Path) -> Volume:
+    """Read a NIfTI file fully into memory, keeping its geometry.
+
+    Raises
+    ------
+    InputError
+        Missing, unreadable, truncated or corrupt file, or not 3D.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "file not found")
+    if not p.is_file():
+        raise InputError(p, "not a file")
+    try:
+        img = nib.load(str(p))
+        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+            raise InputError(p, f"not a NIfTI image ({type(img).__name__})")
+        array = np.asanyarray(img.dataobj)
+    except InputError:
+        raise
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise InputError(p, f"truncated or corrupt file ({exc})") from None
+    except nib.filebasedimages.ImageFileError as exc:
+        raise InputError(p, f"not a readable NIfTI file ({exc})") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(p, f"unreadable NIfTI file ({exc})") from None
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise InputError(p, f"expected a 3D volume, got shape {array.shape}")
+    affine = img.affine
+    if affine is None or not np.all(np.isfinite(affine)):
+        raise InputError(p, "missing or non-finite affine (geometry)")
+    return Volume(np.ascontiguousarray(array), affine, img.header.copy(), p)
+
+
+def load_image(path: str | Path) -> Volume:
+    """Read a CT volume (HU). Rejects NaN/inf voxels and empty (all-constant) volumes."""
+    vol = load_volume(path)
+    arr = vol.array
+    if arr.size == 0:
+        raise InputError(vol.path or path, "empty volume (no voxels)")
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+        raise InputError(vol.path or path, f"{int(np.sum(~np.isfinite(arr)))} NaN/inf voxels")
+    if arr.min() == arr.max():
+        raise InputError(vol.path or path, f"empty image (every voxel is {arr.flat[0]})")
+    return vol
+
+
+def load_label(path: str | Path, max_label: int = MAX_LABEL) -> Volume:
+    """Read a label volume as uint8, checking that values are integers in ``0..max_label``."""
+    vol = load_volume(path)
+    arr = vol.array
+    if arr.size == 0:
+        raise InputError(vol.path or path, "empty volume (no voxels)")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)):
+            raise InputError(vol.path or path, "NaN/inf in label volume")
+        if not np.all(arr == np.round(arr)):
+            raise InputError(vol.path or path, "non-integer label values")
+    values = np.unique(arr)
+    bad = [v for v in values.tolist() if v < 0 or v > max_label]
+    if bad:
+        shown = ", ".join(str(int(v)) for v in bad[:8])
+        raise InputError(vol.path or path, f"labels outside 0-{max_label}: [{shown}]")
+    vol.array = arr.astype(np.uint8, copy=False)
+    return vol
+
+
+def _header_for(volume: Volume, dtype: np.dtype) -> nib.Nifti1Header:
+    header = volume.header.copy() if volume.header is not None else nib.Nifti1Header()
+    if not isinstance(header, nib.Nifti1Header):
+        header = nib.Nifti1Header.from_header(header)
+    header.set_data_dtype(dtype)
+    return header
+
+
+def save_volume(volume: Volume, path: str | Path) -> None:
+    """Write a volume atomically, with the volume's own dtype and geometry.
+
+    The affine is written to both sform and qform (codes from the source header
+    when there is one, else scanner/aligned = 1), so SimpleITK and nibabel read
+    the same geometry back.
+    """
+    arr = volume.array
+    header = _header_for(volume, arr.dtype)
+    header.set_slope_inter(1.0, 0.0) if np.issubdtype(arr.dtype, np.integer) else None
+    img = nib.Nifti1Image(arr, volume.affine, header=header)
+    sform_code = int(header["sform_code"]) or 1
+    qform_code = int(header["qform_code"])
+    img.set_sform(volume.affine, code=sform_code)
+    img.set_qform(volume.affine, code=qform_code if qform_code else 0)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
+def save_label(array: np.ndarray, reference: Volume, path: str | Path) -> None:
+    """Write a label array (uint8) on exactly ``reference``'s grid, atomically.
+
+    Raises
+    ------
+    ValueError
+        If the array's shape differs from the reference's, or values are outside 0..255.
+    """
+    arr = np.asarray(array)
+    if arr.shape != reference.shape:
+        raise ValueError(f"label shape {arr.shape} differs from reference shape {reference.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise ValueError("label values must be in 0..255")
+    out = Volume(arr.astype(np.uint8, copy=False), reference.affine, reference.header)
+    save_volume(out, path)
+
+
+def same_geometry(a: Volume, b: Volume, atol_mm: float = 1e-3, atol_dir: float = 1e-4) -> str | None:
+    """Compare two grids. Returns None when equal, else a short description of the difference.
+
+    >>> import numpy as np
+    >>> v = Volume(np.zeros((2, 2, 2)), np.eye(4))
+    >>> same_geometry(v, v) is None
+    True
+    """
+    if a.shape != b.shape:
+        return f"shape {a.shape} vs {b.shape}"
+    if not np.allclose(a.spacing, b.spacing, atol=atol_mm):
+        return f"spacing {_fmt(a.spacing)} vs {_fmt(b.spacing)} mm"
+    if not np.allclose(a.origin, b.origin, atol=max(atol_mm, 1e-3 * max(a.spacing))):
+        return f"origin {_fmt(a.origin)} vs {_fmt(b.origin)} mm"
+    if not np.allclose(a.direction, b.direction, atol=atol_dir):
+        return "direction (orientation) differs"
+    return None
+
+
+def _fmt(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"

@@ -1,0 +1,1 @@
+"""Inference: whole-volume prediction back in the source geometry, and post-processing."""

@@ -1,0 +1,40 @@
+"""Shared fixtures: the real CT from ../shared and small synthetic volumes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from thoraxseg.data.volume import Volume
+
+ROOT = Path(__file__).resolve().parents[1]
+REALCT_DIR = Path(os.environ.get("THORAXSEG_REALCT_DIR", ROOT.parent / "shared" / "data" / "realct" / "Patient_R1"))
+
+
+def _require_realct() -> bool:
+    return os.environ.get("THORAXSEG_REQUIRE_REALCT", "0") not in ("0", "", "false", "no")
+
+
+@pytest.fixture(scope="session")
+def realct_dir() -> Path:
+    """``../shared/data/realct/Patient_R1``; skips where absent, fails under THORAXSEG_REQUIRE_REALCT=1."""
+    ok = (REALCT_DIR / "Patient_R1.nii.gz").is_file() and (REALCT_DIR / "GT.nii.gz").is_file()
+    if not ok:
+        if _require_realct():
+            pytest.fail(f"real CT required (THORAXSEG_REQUIRE_REALCT=1) but missing: {REALCT_DIR}")
+        pytest.skip(f"real CT not available at {REALCT_DIR}")
+    return REALCT_DIR
+
+
+@pytest.fixture()
+def tiny_volume() -> Volume:
+    """A 24×20×12 int16 'CT' with an anisotropic, oblique-free affine (0.9×0.9×2.5 mm)."""
+    rng = np.random.default_rng(0)
+    arr = (rng.normal(0, 20, (24, 20, 12)) - 800).astype(np.int16)
+    arr[6:18, 5:15, 2:10] = 40
+    affine = np.diag([0.9, 0.9, 2.5, 1.0])
+    affine[:3, 3] = [-10.0, 20.0, -100.0]
+    return Volume(arr, affine)
