@@ -1,0 +1,32 @@
+"""``thoraxseg study --config study.yaml --out DIR`` — the whole comparison, resumable."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from thoraxseg.study import load_study_config, run_study
+from thoraxseg.utils.progress import console
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study",
+        help="run check → realign → train → predict → evaluate → compare → report into one folder",
+        description="Run a whole study; a killed study resumes, skipping stages whose outputs are complete.",
+    )
+    p.add_argument("--config", type=Path, required=True, help="study YAML (see configs/demo.yaml)")
+    p.add_argument("--out", type=Path, default=None, help="study folder (default: runs/<name>)")
+    p.add_argument("--force", action="store_true", help="re-run every stage")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="override the config's device")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_study_config(args.config)
+    if args.device:
+        config.device = args.device
+    out = args.out or Path("runs") / config.name
+    report = run_study(config, out, force=args.force)
+    console.print(f"[bold green]report:[/bold green] {report.resolve()}")
+    return 0

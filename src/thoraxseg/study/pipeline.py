@@ -1,0 +1,292 @@
+"""Run a whole study into one folder, resuming after a kill.
+
+Stages (in order): ``data`` → ``check`` → ``realign`` → ``split`` → for each arm
+``train:<arm>``, ``predict:<arm>``, ``evaluate:<arm>`` → ``compare`` → ``report``.
+A stage is complete when its marker ``STUDY/.stages/<stage>.json`` exists; the
+marker is written (atomically) only after the stage's outputs are in place, so a
+killed study re-runs the interrupted stage and skips the finished ones. Training
+stages resume from their own checkpoints. The folder layout is documented in
+``docs/dev/contracts.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from thoraxseg.data.layout import Case, discover_cases, labelled_cases
+from thoraxseg.errors import ConfigError, ThoraxsegError
+from thoraxseg.labels import organ_from_name
+from thoraxseg.study.config import StudyConfig
+from thoraxseg.utils.atomic import atomic_dir, write_json_atomic, write_text_atomic
+from thoraxseg.utils.progress import console
+
+STAGES: tuple[str, ...] = ("data", "check", "realign", "split", "train", "predict", "evaluate", "compare", "report")
+
+
+class Study:
+    """Paths and stage bookkeeping of one study folder."""
+
+    def __init__(self, root: Path, config: StudyConfig) -> None:
+        self.root = Path(root)
+        self.config = config
+        self.markers = self.root / ".stages"
+
+    # -- layout ---------------------------------------------------------------------------------
+    @property
+    def raw(self) -> Path:
+        return Path(self.config.data.root) if self.config.data.root else self.root / "data" / "raw"
+
+    @property
+    def fixed(self) -> Path:
+        marker = self._marker("realign")
+        if marker.exists() and json.loads(marker.read_text()).get("applied"):
+            return self.root / "data" / "fixed"
+        return self.raw
+
+    @property
+    def trainset(self) -> Path:
+        return self.root / "data" / "trainset"
+
+    @property
+    def testset(self) -> Path:
+        return self.root / "data" / "testset"
+
+    def arm_dir(self, name: str) -> Path:
+        return self.root / "arms" / name
+
+    # -- markers --------------------------------------------------------------------------------
+    def _marker(self, stage: str) -> Path:
+        return self.markers / f"{stage.replace(':', '__')}.json"
+
+    def done(self, stage: str) -> bool:
+        return self._marker(stage).exists()
+
+    def mark(self, stage: str, seconds: float, **info: Any) -> None:
+        write_json_atomic(self._marker(stage), {"stage": stage, "seconds": round(seconds, 2), **info})
+
+    def timings(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for p in sorted(self.markers.glob("*.json")):
+            d = json.loads(p.read_text())
+            out[d["stage"]] = d["seconds"]
+        return out
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _stage_data(study: Study) -> dict[str, Any]:
+    cfg = study.config.data
+    if cfg.root:
+        cases = discover_cases(cfg.root)
+        return {"source": str(cfg.root), "cases": len(cases)}
+    from thoraxseg.data.phantom import generate_cohort
+
+    params = {"cases": 16, "size": "small", "seed": study.config.seed, "corrupt_heart": True, **(cfg.phantom or {})}
+    if study.raw.exists():
+        shutil.rmtree(study.raw)  # an interrupted generation: start it again
+    generate_cohort(study.raw, **params)
+    return {"source": "phantom", **params}
+
+
+def _stage_check(study: Study) -> dict[str, Any]:
+    from thoraxseg.cli.check import print_report
+    from thoraxseg.data.check import check_dataset
+
+    report = check_dataset(study.raw, workers=study.config.workers)
+    print_report(report)
+    write_json_atomic(study.root / "check.json", report.to_dict())
+    if not report.ok:
+        raise ThoraxsegError(f"{study.raw}: dataset check failed (see {study.root / 'check.json'})")
+    return {"ok": report.ok, "warnings": report.n_warnings}
+
+
+def _reference_case(study: Study) -> Case | None:
+    cases = discover_cases(study.raw)
+    wanted = study.config.realign.reference
+    if wanted:
+        match = [c for c in cases if c.patient_id == wanted]
+        if not match or match[0].clean_label_path is None or match[0].label_path is None:
+            raise ConfigError(f"realign.reference {wanted!r}: no case with both GT.nii.gz and GT_clean.nii.gz")
+        return match[0]
+    return next((c for c in cases if c.clean_label_path is not None and c.label_path is not None), None)
+
+
+def _stage_realign(study: Study) -> dict[str, Any]:
+    cfg = study.config.realign
+    ref = _reference_case(study) if cfg.enabled in ("auto", True, "true") else None
+    if ref is None:
+        if cfg.enabled is True or cfg.enabled == "true":
+            raise ConfigError("realign.enabled is true but no reference pair (GT.nii.gz + GT_clean.nii.gz) exists")
+        console.print("realign: no reference pair (GT_clean.nii.gz) — labels used as they are")
+        return {"applied": False}
+    from thoraxseg.data.check import check_dataset
+    from thoraxseg.realign.apply import apply_transform_to_dataset
+    from thoraxseg.realign.estimate import estimate_transform
+
+    label = int(organ_from_name(cfg.label))
+    out = study.root / "realign"
+    out.mkdir(parents=True, exist_ok=True)
+    fix = estimate_transform(ref.label_path, ref.clean_label_path, label=label, method=cfg.method)
+    write_json_atomic(out / "fix.json", fix)
+    fixed = study.root / "data" / "fixed"
+    if fixed.exists():
+        shutil.rmtree(fixed)
+    rows = apply_transform_to_dataset(fix, study.raw, fixed, label=label)
+    write_json_atomic(out / "apply.json", rows)
+    try:
+        from thoraxseg.realign.figures import overlay_png
+    except ImportError:
+        overlay_png = None
+    if overlay_png is not None:
+        fixed_case = next(c for c in discover_cases(fixed) if c.patient_id == ref.patient_id)
+        overlay_png(ref.image_path, ref.label_path, fixed_case.label_path, ref.clean_label_path, label,
+                    out / "overlay.png")
+    after = check_dataset(fixed, progress=False)
+    write_json_atomic(study.root / "check_fixed.json", after.to_dict())
+    return {"applied": True, "reference": ref.patient_id, "warnings_after": after.n_warnings}
+
+
+def _stage_split(study: Study) -> dict[str, Any]:
+    cases = labelled_cases(study.fixed)
+    n_test = study.config.data.test_cases
+    if not 1 <= n_test <= len(cases) - 2:
+        raise ConfigError(f"data.test_cases={n_test}: need 1..{len(cases) - 2} for {len(cases)} labelled cases")
+    order = np.random.default_rng(study.config.data.split_seed).permutation(len(cases))
+    test_ids = sorted(cases[i].patient_id for i in order[:n_test])
+    train_ids = sorted(c.patient_id for c in cases if c.patient_id not in test_ids)
+    by_id = {c.patient_id: c for c in cases}
+    with atomic_dir(study.trainset, overwrite=True) as tmp:
+        for pid in train_ids:
+            c = by_id[pid]
+            _link_or_copy(c.image_path, tmp / "train" / pid / f"{pid}.nii.gz")
+            _link_or_copy(c.label_path, tmp / "train" / pid / "GT.nii.gz")
+    with atomic_dir(study.testset, overwrite=True) as tmp:
+        for pid in test_ids:
+            c = by_id[pid]
+            _link_or_copy(c.image_path, tmp / pid / f"{pid}.nii.gz")
+            _link_or_copy(c.label_path, tmp / pid / "GT.nii.gz")
+    split = {"seed": study.config.data.split_seed, "train": train_ids, "test": test_ids}
+    write_json_atomic(study.root / "data" / "split.json", split)
+    return {"train": len(train_ids), "test": len(test_ids)}
+
+
+def _stage_train(study: Study, name: str) -> dict[str, Any]:
+    from thoraxseg.training import train
+
+    arm = study.config.arms[name]
+    run = study.arm_dir(name) / "run"
+    train(arm.model, study.trainset, run, config=dict(arm.config) or None, epochs=arm.epochs,
+          device=study.config.device, seed=study.config.seed)
+    return {"model": arm.model}
+
+
+def _stage_predict(study: Study, name: str) -> dict[str, Any]:
+    from thoraxseg.inference import predict
+
+    arm = study.config.arms[name]
+    pred = study.arm_dir(name) / "pred"
+    if pred.exists():
+        shutil.rmtree(pred)
+    paths = predict(study.arm_dir(name) / "run", study.testset, pred, postprocess=study.config.postprocess,
+                    device=study.config.device, **arm.predict)
+    return {"cases": len(paths)}
+
+
+def _stage_evaluate(study: Study, name: str) -> dict[str, Any]:
+    from thoraxseg.metrics.evaluate import evaluate_folders, write_metrics_csv
+
+    df = evaluate_folders(study.testset, study.arm_dir(name) / "pred", tolerance_mm=study.config.tolerance_mm,
+                          workers=study.config.workers)
+    write_metrics_csv(df, study.arm_dir(name) / "metrics.csv")
+    means = df.groupby("organ")["dice"].mean().round(4).to_dict()
+    console.print(f"{name}: mean Dice " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))
+    return {"dice": means}
+
+
+def _stage_compare(study: Study) -> dict[str, Any]:
+    names = list(study.config.arms)
+    if len(names) < 2:
+        console.print("compare: only one arm — nothing to compare")
+        return {"skipped": True}
+    from thoraxseg.stats.compare import compare_arms
+
+    compare_arms([study.arm_dir(n) / "metrics.csv" for n in names], names, study.root / "compare",
+                 unpaired=study.config.unpaired, seed=study.config.seed, n_boot=study.config.n_boot)
+    return {"arms": names}
+
+
+def _stage_report(study: Study) -> dict[str, Any]:
+    from thoraxseg.report import build_report
+
+    out = build_report(study.root, study.root / "report.html")
+    return {"report": str(out)}
+
+
+def planned_stages(config: StudyConfig) -> list[str]:
+    """The stage names of a study, in execution order."""
+    stages = ["data", "check", "realign", "split"]
+    for kind in ("train", "predict", "evaluate"):
+        stages += [f"{kind}:{name}" for name in config.arms]
+    return [*stages, "compare", "report"]
+
+
+def run_study(config: StudyConfig, out: str | Path, force: bool = False) -> Path:
+    """Run (or resume) a study into ``out``; returns the path of ``report.html``.
+
+    Parameters
+    ----------
+    config
+        The study configuration.
+    out
+        Study folder; created if missing. An existing folder resumes where it stopped.
+    force
+        Re-run every stage (the folder's stage markers are cleared first).
+    """
+    study = Study(Path(out), config)
+    study.root.mkdir(parents=True, exist_ok=True)
+    resolved = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    cfg_file = study.root / "study.yaml"
+    if force and study.markers.exists():
+        shutil.rmtree(study.markers)
+    if cfg_file.exists() and cfg_file.read_text() != resolved and study.markers.exists() and not force:
+        raise ConfigError(f"{study.root}: holds a study with another configuration (use --force or a new --out)")
+    write_text_atomic(cfg_file, resolved)
+    runners: dict[str, Callable[[], dict[str, Any]]] = {
+        "data": lambda: _stage_data(study),
+        "check": lambda: _stage_check(study),
+        "realign": lambda: _stage_realign(study),
+        "split": lambda: _stage_split(study),
+        "compare": lambda: _stage_compare(study),
+        "report": lambda: _stage_report(study),
+    }
+    for name in config.arms:
+        runners[f"train:{name}"] = lambda n=name: _stage_train(study, n)
+        runners[f"predict:{name}"] = lambda n=name: _stage_predict(study, n)
+        runners[f"evaluate:{name}"] = lambda n=name: _stage_evaluate(study, n)
+    for stage in planned_stages(config):
+        if study.done(stage):
+            console.print(f"[dim]study: {stage} — already complete, skipped[/dim]")
+            continue
+        console.rule(f"study: {stage}")
+        t0 = time.perf_counter()
+        info = runners[stage]()
+        study.mark(stage, time.perf_counter() - t0, **info)
+    timings = study.timings()
+    console.print("study timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    console.print(f"total {sum(timings.values()):.0f} s")
+    return study.root / "report.html"
