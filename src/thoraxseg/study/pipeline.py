@@ -223,10 +223,13 @@ def _stage_compare(study: Study) -> dict[str, Any]:
     if len(names) < 2:
         console.print("compare: only one arm — nothing to compare")
         return {"skipped": True}
-    from thoraxseg.stats.compare import compare_arms
+    from thoraxseg.stats.compare import run_comparison, summary_renderables, write_outputs
 
-    compare_arms([study.arm_dir(n) / "metrics.csv" for n in names], names, study.root / "compare",
-                 unpaired=study.config.unpaired, seed=study.config.seed, n_boot=study.config.n_boot)
+    result = run_comparison([study.arm_dir(n) / "metrics.csv" for n in names], names,
+                            unpaired=study.config.unpaired, seed=study.config.seed, n_boot=study.config.n_boot)
+    write_outputs(result, study.root / "compare")
+    for renderable in summary_renderables(result, compact=True):
+        console.print(renderable)
     return {"arms": names}
 
 

@@ -33,7 +33,14 @@ def _temp_sibling(path: Path) -> Path:
     suffixes = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffixes}", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
     return Path(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -96,6 +103,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final}: already exists")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if final.exists():
