@@ -168,3 +168,11 @@ def test_label_geometry_roundtrip_property(tmp_path_factory, shape, spacing, fli
 def test_nifti_stem() -> None:
     assert nifti_stem("a/Patient_03.nii.gz") == "Patient_03"
     assert nifti_stem("Patient_03.nii") == "Patient_03"
+
+
+def test_input_error_survives_pickling() -> None:
+    import pickle
+
+    err = pickle.loads(pickle.dumps(InputError("/x/GT.nii.gz", "labels outside 0-4: [7]")))
+    assert isinstance(err, InputError) and str(err) == "/x/GT.nii.gz: labels outside 0-4: [7]"
+    assert err.path == Path("/x/GT.nii.gz") and err.problem == "labels outside 0-4: [7]"

@@ -27,6 +27,10 @@ class InputError(ThoraxsegError):
         self.problem = " ".join(str(problem).split())
         super().__init__(f"{self.path}: {self.problem}")
 
+    def __reduce__(self) -> tuple[type, tuple[Path, str]]:
+        # rebuild from (path, problem) so the error survives a trip back from a worker process
+        return (type(self), (self.path, self.problem))
+
 
 class ConfigError(ThoraxsegError):
     """A configuration file or option is invalid."""
