@@ -1,1 +1,58 @@
 """Inference: whole-volume prediction back in the source geometry, and post-processing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from thoraxseg.errors import InputError
+
+
+def run_model_name(run: Path) -> str:
+    """The ``model:`` of ``RUN/config.yaml``; raises InputError when the run folder is unusable."""
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise InputError(path, "not a training run folder (config.yaml missing)")
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), str):
+        raise InputError(path, "no 'model:' entry")
+    return cfg["model"].lower()
+
+
+def predict(run: Path, images: Path, out: Path, postprocess: bool = True, device: str = "cpu",
+            **kw: Any) -> list[Path]:
+    """Predict every case under ``images`` with a trained run; writes ``out/Patient_XX.nii.gz``.
+
+    Dispatches on ``RUN/config.yaml``'s ``model``: ``enet``/``customnet`` →
+    :func:`thoraxseg.inference.predict2d.predict_2d` (keywords ``batch_size``,
+    ``checkpoint``, ``amp``); ``nnunet3d`` → ``thoraxseg.nnunet.api.predict_nnunet``
+    (keywords ``tta`` (default True) and ``step`` (default 0.5)). Keywords that the
+    chosen arm does not use are ignored when ``None``.
+
+    Returns
+    -------
+    list[pathlib.Path]
+        Written label files (uint8, source geometry), in case order.
+    """
+    model = run_model_name(run)
+    options = {k: v for k, v in kw.items() if v is not None}
+    if model == "nnunet3d":
+        from thoraxseg.nnunet.api import predict_nnunet
+
+        return predict_nnunet(Path(run), Path(images), Path(out), tta=options.pop("tta", True),
+                              step=options.pop("step", 0.5), postprocess=postprocess, device=device, **options)
+    if model in ("enet", "customnet"):
+        from thoraxseg.inference.predict2d import predict_2d
+
+        options.pop("tta", None)
+        options.pop("step", None)
+        return predict_2d(run, images, out, postprocess=postprocess, device=device, **options)
+    raise InputError(Path(run) / "config.yaml", f"unknown model {model!r}")
+
+
+__all__ = ["predict", "run_model_name"]

@@ -1,0 +1,202 @@
+"""Slice-wise prediction of the 2D arms, stitched into a volume with the source geometry.
+
+Each axial slice ``array[:, :, k]`` (``(x, y, z)`` order) is padded to square, resized to
+the network's input size and windowed exactly as in training
+(:mod:`thoraxseg.training.data2d`); the softmax probabilities are resized back to the
+source in-plane size (bilinear) and cropped *before* the arg-max, and the labels
+``(x, y)`` are written into slice ``k`` of a uint8 volume on the source grid. Slices go
+through the network in batches. Connected-component post-processing
+(:func:`~thoraxseg.inference.postprocess.keep_largest_component`) is on by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from thoraxseg.data.layout import discover_cases
+from thoraxseg.data.volume import load_image, save_label
+from thoraxseg.errors import InputError
+from thoraxseg.inference.postprocess import keep_largest_component
+from thoraxseg.networks import build_model
+from thoraxseg.training.data2d import SliceGeometry, apply_windows, from_network_grid, volume_to_slices
+from thoraxseg.utils.progress import make_progress
+
+
+def autocast_context(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
+    """bfloat16 autocast on CUDA when ``amp``; a no-op otherwise."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict_slices(
+    model: nn.Module,
+    slices: torch.Tensor,
+    geometry: SliceGeometry,
+    windows: Sequence[Sequence[float]] = ((-1000.0, 1000.0),),
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    targets: torch.Tensor | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, float]:
+    """Label volume ``(X, Y, Z)`` uint8 from preprocessed slices ``(Z, S, S)``.
+
+    Parameters
+    ----------
+    model
+        A 2D network (put in eval mode here).
+    slices
+        Network-grid slices in ``HU / 1000`` (:func:`~thoraxseg.training.data2d.volume_to_slices`).
+    geometry
+        How the source ``(X, Y)`` slice maps onto the network grid.
+    windows
+        CT windows (HU), one input channel each.
+    targets, loss_fn
+        Optional network-grid labels ``(Z, S, S)`` and loss: the slice-weighted mean
+        loss is returned as the second value (NaN without them).
+    on_batch
+        Called with the number of slices after each batch (progress).
+    """
+    dev = torch.device(device)
+    model.eval()
+    n = int(slices.shape[0])
+    out = np.zeros((*geometry.shape, n), dtype=np.uint8)
+    loss_sum = 0.0
+    for start in range(0, n, batch_size):
+        x = apply_windows(slices[start : start + batch_size].to(dev, non_blocking=True), windows)
+        with autocast_context(dev, amp):
+            logits = model(x)
+        logits = logits.float()
+        if targets is not None and loss_fn is not None:
+            y = targets[start : start + batch_size].to(dev).long()
+            loss_sum += float(loss_fn(logits, y)) * x.shape[0]
+        probs = from_network_grid(torch.softmax(logits, dim=1), geometry)
+        labels = probs.argmax(dim=1).to(torch.uint8).cpu().numpy()  # (B, X, Y)
+        out[:, :, start : start + x.shape[0]] = np.moveaxis(labels, 0, 2)
+        if on_batch is not None:
+            on_batch(int(x.shape[0]))
+    return out, (loss_sum / n if (targets is not None and loss_fn is not None and n) else float("nan"))
+
+
+def predict_array(
+    model: nn.Module,
+    ct: np.ndarray,
+    image_size: int,
+    windows: Sequence[Sequence[float]] = ((-1000.0, 1000.0),),
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Predict a CT array ``(X, Y, Z)`` in HU → labels ``(X, Y, Z)`` uint8 (no post-processing)."""
+    slices, geom = volume_to_slices(ct, image_size)
+    labels, _ = predict_slices(model, slices, geom, windows, batch_size, device, amp, on_batch=on_batch)
+    return labels
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu`` / ``cuda`` / ``cuda:N`` → a torch device; raises ConfigError when CUDA is missing."""
+    from thoraxseg.errors import ConfigError
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available (use --device cpu)")
+    return dev
+
+
+def load_run_model(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> tuple[nn.Module, dict]:
+    """Load a trained 2D network and its resolved config from a run folder.
+
+    ``checkpoint``: ``best`` (``best.pt``, falling back to ``last.pt`` when no
+    validation improvement was recorded) or ``last``, or a path to a ``.pt`` file.
+    """
+    run = Path(run)
+    if checkpoint in ("best", "last"):
+        candidates = [run / "best.pt", run / "last.pt"] if checkpoint == "best" else [run / "last.pt"]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise InputError(candidates[0], "no checkpoint in this run folder (train it first)")
+    else:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise InputError(path, "checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # corrupt/truncated checkpoint
+        raise InputError(path, f"unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise InputError(path, "not a thoraxseg 2D checkpoint (missing model/config)")
+    cfg = state["config"]
+    model = build_model(cfg["model"], in_channels=len(cfg["windows"]), width=cfg["width"],
+                        dropout=cfg.get("dropout", 0.1))
+    model.load_state_dict(state["model"])
+    dev = resolve_device(device)
+    return model.to(dev).eval(), cfg
+
+
+def predict_2d(
+    run: str | Path,
+    images: str | Path,
+    out: str | Path,
+    postprocess: bool = True,
+    device: str = "cpu",
+    batch_size: int = 32,
+    checkpoint: str = "best",
+    amp: bool | None = None,
+) -> list[Path]:
+    """Predict every case under ``images`` with a 2D run; write ``out/Patient_XX.nii.gz`` (uint8, source grid).
+
+    Parameters
+    ----------
+    run
+        Training run folder (``config.yaml``, ``best.pt``/``last.pt``).
+    images
+        Any layout :func:`~thoraxseg.data.layout.discover_cases` accepts.
+    out
+        Output folder (created).
+    postprocess
+        Keep only the largest 3D connected component of each organ.
+    batch_size
+        Slices per forward pass.
+    checkpoint
+        ``best``, ``last`` or a ``.pt`` path.
+    amp
+        bfloat16 autocast on CUDA (default: the run's setting).
+
+    Returns
+    -------
+    list[pathlib.Path]
+        The written files, in case order.
+    """
+    model, cfg = load_run_model(run, checkpoint, device)
+    dev = next(model.parameters()).device
+    use_amp = bool(cfg.get("amp", False)) if amp is None else amp
+    cases = discover_cases(images)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    with make_progress() as progress:
+        case_task = progress.add_task("predicting cases", total=len(cases))
+        slice_task = progress.add_task("slices", total=0)
+        for case in cases:
+            vol = load_image(case.image_path)
+            progress.reset(slice_task, total=vol.shape[2], description=f"{case.patient_id} slices")
+            labels = predict_array(model, vol.array, int(cfg["image_size"]), cfg["windows"], batch_size,
+                                   dev, use_amp, on_batch=lambda k: progress.advance(slice_task, k))
+            if postprocess:
+                labels = keep_largest_component(labels)
+            path = out_dir / f"{case.patient_id}.nii.gz"
+            save_label(labels, vol, path)
+            written.append(path)
+            progress.advance(case_task)
+    return written

@@ -1,0 +1,728 @@
+"""Train and predict with nnU-Net v2 (``3d_fullres``) as thoraxseg's ``nnunet3d`` arm.
+
+:func:`train_nnunet` exports the cohort to nnU-Net's raw format, fingerprints,
+plans and preprocesses it with nnU-Net, and trains the requested folds with
+:class:`~thoraxseg.nnunet.trainer.ThoraxsegTrainer` (nnU-Net's trainer). All
+nnU-Net folders live under ``RUN/nnunet/`` and the ``nnUNet_*`` environment
+variables are set only for the duration of the call. A rerun with the same
+``RUN`` continues where it stopped: preparation is skipped once complete, and
+each fold continues from its last checkpoint (nnU-Net's ``--c``).
+
+:func:`predict_nnunet` runs nnU-Net's predictor (sliding window, Gaussian
+weighting, mirroring test-time augmentation, ensemble of the trained folds)
+on every case of any layout :func:`~thoraxseg.data.layout.discover_cases`
+accepts, applies the shared connected-component post-processing and writes
+``OUT/Patient_XX.nii.gz`` (uint8) on exactly the source image's grid.
+
+Run folder::
+
+    RUN/config.yaml        model: nnunet3d, resolved settings, nnU-Net plan summary
+    RUN/log.csv            one row per epoch and fold (nnU-Net's logger; pseudo Dice)
+    RUN/curves.png         loss and validation Dice curves
+    RUN/validation.json    nnU-Net's final validation Dice per fold and organ (whole cases)
+    RUN/nnunet/{nnUNet_raw, nnUNet_preprocessed, nnUNet_results}
+    RUN/nnunet/sessions.json   when each call started and from which epoch each fold went on
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from thoraxseg.data.layout import discover_cases, labelled_cases
+from thoraxseg.data.volume import Volume, load_image, save_label
+from thoraxseg.errors import ConfigError, InputError
+from thoraxseg.labels import ORGAN_NAMES, ORGANS
+from thoraxseg.nnunet.env import NnunetPaths, default_processes, nnunet_environment, scoped_env, thread_pools
+from thoraxseg.nnunet.export import dataset_folder_name, export_dataset
+from thoraxseg.nnunet.plans import (
+    CONFIGURATION,
+    PLAN_CHOICES,
+    plan_and_preprocess,
+    plans_identifier,
+    write_splits,
+)
+from thoraxseg.nnunet.runlog import plot_curves, read_log_csv, rows_from_logger, write_log_csv
+from thoraxseg.utils.atomic import write_json_atomic, write_text_atomic
+from thoraxseg.utils.progress import err_console, make_progress, track
+
+MODEL = "nnunet3d"
+TRAINER_NAME = "ThoraxsegTrainer"
+FOLD_LOG = "thoraxseg_log.csv"
+PREPARED_MARKER = "prepared.json"
+#: ``curves.png`` is redrawn after an epoch at most this often (s), and after the last epoch.
+CURVES_EVERY_S = 30.0
+
+#: (epochs, iterations per epoch, validation iterations per epoch) when not given.
+RUN_LENGTH: dict[str, tuple[int, int, int]] = {
+    "default": (1000, 250, 50),  # nnU-Net's own
+    "cpu": (40, 20, 4),  # ~4 min on 2 CPU cores for the small phantom (see docs)
+}
+
+#: Settings a config file/dict may hold (``model`` and the derived ``resolved``/``versions`` are also accepted).
+DEFAULTS: dict[str, Any] = {
+    "folds": "0",
+    "plans": "default",
+    "device": "cpu",
+    "seed": 0,
+    "epochs": None,
+    "iterations_per_epoch": None,
+    "val_iterations_per_epoch": None,
+    "dataset_id": 55,
+    "dataset_name": "SegTHOR",
+    "export_mode": "copy",
+    "num_workers": None,
+    "num_processes": None,
+    "pools": None,
+    "save_every": 1,
+    "initial_lr": None,
+    "batch_size": None,
+    "final_validation": True,
+    "check_integrity": True,
+    "verbose": False,
+}
+_IGNORED_KEYS = {"model", "data", "out", "resolved", "versions", "created"}
+#: Settings that define a run; a rerun into the same RUN must not change them.
+_IDENTITY_KEYS = ("plans", "dataset_id", "dataset_name")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# settings
+
+
+def parse_folds(folds: str | int | Sequence[int | str]) -> list[int | str]:
+    """Folds to train: ``0``, ``"0,2"``, ``"0-4"``, ``"all"`` (nnU-Net's fold on all cases) or a list.
+
+    >>> parse_folds("0-2"), parse_folds("all"), parse_folds(3), parse_folds("1,all")
+    ([0, 1, 2], ['all'], [3], [1, 'all'])
+    """
+    items: list[int | str] = []
+    parts: Sequence[Any] = folds.split(",") if isinstance(folds, str) else (
+        [folds] if isinstance(folds, int) else list(folds))
+    for part in parts:
+        text = str(part).strip()
+        if text == "all":
+            items.append("all")
+        elif "-" in text:
+            lo, _, hi = text.partition("-")
+            if not (lo.isdigit() and hi.isdigit()) or int(lo) > int(hi):
+                raise ConfigError(f"bad fold range {text!r}")
+            items.extend(range(int(lo), int(hi) + 1))
+        elif text.isdigit():
+            items.append(int(text))
+        else:
+            raise ConfigError(f"folds must be integers, ranges like 0-4, or 'all'; got {part!r}")
+    if not items:
+        raise ConfigError("no fold given")
+    return list(dict.fromkeys(items))
+
+
+def _load_config(config: Mapping[str, Any] | str | Path | None) -> dict[str, Any]:
+    if config is None:
+        return {}
+    if isinstance(config, str | Path):
+        path = Path(config)
+        if not path.is_file():
+            raise InputError(path, "config file not found")
+        try:
+            content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(path, f"invalid YAML ({exc})".replace("\n", " ")) from None
+        if not isinstance(content, dict):
+            raise InputError(path, "config must be a mapping")
+        config = content
+    cfg = dict(config)
+    for section in ("nnunet3d", "nnunet"):
+        if isinstance(cfg.get(section), Mapping):
+            cfg.update(cfg.pop(section))
+    model = cfg.get("model", MODEL)
+    if model != MODEL:
+        raise ConfigError(f"config is for model {model!r}, not {MODEL}")
+    unknown = sorted(set(cfg) - set(DEFAULTS) - _IGNORED_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown nnunet3d setting(s): {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
+    return {k: v for k, v in cfg.items() if k in DEFAULTS}
+
+
+def resolve_settings(config: Mapping[str, Any] | str | Path | None = None, **explicit: Any) -> dict[str, Any]:
+    """Merge defaults < config < explicit arguments (None = not given) and fill plan-dependent defaults.
+
+    >>> s = resolve_settings(None, plans="cpu", folds="all")
+    >>> s["folds"], s["epochs"], s["iterations_per_epoch"], s["num_workers"], s["pools"]
+    (['all'], 40, 20, 0, 'thread')
+    """
+    s = dict(DEFAULTS)
+    s.update(_load_config(config))
+    s.update({k: v for k, v in explicit.items() if v is not None})
+    if s["plans"] not in PLAN_CHOICES:
+        raise ConfigError(f"plans must be one of {', '.join(PLAN_CHOICES)}, got {s['plans']!r}")
+    if s["device"] == "cuda:0":
+        s["device"] = "cuda"
+    if s["device"] not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu or cuda for nnunet3d training, got {s['device']!r} "
+                          "(nnU-Net trains on the first visible GPU; pick one with CUDA_VISIBLE_DEVICES=N)")
+    s["folds"] = parse_folds(s["folds"])
+    epochs, iters, val_iters = RUN_LENGTH[s["plans"]]
+    s["epochs"] = int(s["epochs"] if s["epochs"] is not None else epochs)
+    s["iterations_per_epoch"] = int(s["iterations_per_epoch"] or iters)
+    s["val_iterations_per_epoch"] = int(s["val_iterations_per_epoch"] or val_iters)
+    for key in ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "save_every"):
+        if int(s[key]) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {s[key]}")
+    if s["num_workers"] is None:
+        s["num_workers"] = 0 if s["device"] == "cpu" else None  # None: nnU-Net's own on CUDA
+    s["num_processes"] = int(s["num_processes"] or default_processes())
+    if s["pools"] is None:
+        s["pools"] = "thread" if s["device"] == "cpu" else "process"
+    if s["pools"] not in ("thread", "process"):
+        raise ConfigError(f"pools must be thread or process, got {s['pools']!r}")
+    s["seed"] = int(s["seed"])
+    s["dataset_id"] = int(s["dataset_id"])
+    s["dataset_name"] = str(s["dataset_name"])
+    dataset_folder_name(s["dataset_id"], s["dataset_name"])  # validates
+    return s
+
+
+def _torch_device(device: str) -> Any:
+    import torch
+
+    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def _quiet(log: Path, verbose: bool) -> Iterator[None]:
+    """Send nnU-Net's prints (stdout) to ``log`` unless verbose."""
+    if verbose:
+        yield
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as f, contextlib.redirect_stdout(f):
+        yield
+
+
+def _nnunet_version() -> str:
+    from importlib.metadata import version
+
+    return version("nnunetv2")
+
+
+def read_run_config(run: str | Path) -> dict[str, Any]:
+    """``RUN/config.yaml`` of an nnunet3d run.
+
+    Raises
+    ------
+    InputError
+        Missing/unreadable file or another model.
+    """
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise InputError(path, "file not found (not a training run folder)")
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"invalid YAML ({exc})".replace("\n", " ")) from None
+    if not isinstance(cfg, dict) or cfg.get("model") != MODEL:
+        raise InputError(path, f"not an {MODEL} run (model: {cfg.get('model') if isinstance(cfg, dict) else '?'})")
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# training
+
+
+def _input_fingerprint(cases: Sequence[Any]) -> list[list[Any]]:
+    """Patient ID, byte size and modification time (ns) of every image and label: a changed cohort re-prepares."""
+    rows = []
+    for c in cases:
+        row: list[Any] = [c.patient_id]
+        for p in (c.image_path, c.label_path):
+            st = Path(p).stat()
+            row += [st.st_size, st.st_mtime_ns]
+        rows.append(row)
+    return rows
+
+
+def _prepare(data: Path, paths: NnunetPaths, s: dict[str, Any], marker: Path) -> dict[str, Any]:
+    """Export, plan, preprocess and split, unless a complete preparation for the same inputs exists."""
+    dataset = dataset_folder_name(s["dataset_id"], s["dataset_name"])
+    ident = plans_identifier(s["plans"])
+    cases = labelled_cases(data)
+    want = {"data": str(data), "dataset": dataset, "plans_identifier": ident, "export_mode": s["export_mode"],
+            "nnunetv2": _nnunet_version(), "inputs": _input_fingerprint(cases)}
+    if marker.is_file():
+        have = json.loads(marker.read_text(encoding="utf-8"))
+        if all(have.get(k) == v for k, v in want.items()):
+            return have
+        marker.unlink()
+    export_dataset(data, paths.raw, s["dataset_id"], s["dataset_name"], mode=s["export_mode"], overwrite=True)
+    pre = paths.preprocessed / dataset
+    # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA): it must be >= 1 here
+    with make_progress() as progress, thread_pools(s["pools"] == "thread"), \
+            scoped_env(nnUNet_n_proc_DA=str(s["num_processes"])):
+        task = progress.add_task(f"nnU-Net: fingerprint, plan, preprocess {len(cases)} cases", total=None)
+        plan_and_preprocess(s["dataset_id"], pre, s["plans"], num_processes=s["num_processes"],
+                            check_integrity=s["check_integrity"], verbose=s["verbose"])
+        progress.update(task, total=1, completed=1)
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+    assert convert_id_to_dataset_name(s["dataset_id"]) == dataset
+    case_ids = sorted(p.name[: -len(".nii.gz")] for p in (paths.raw / dataset / "labelsTr").glob("*.nii.gz"))
+    write_splits(pre, case_ids)
+    have = {**want, "cases": len(cases), "case_ids": case_ids}
+    write_json_atomic(marker, have)
+    return have
+
+
+def _plan_summary(plans: dict[str, Any]) -> dict[str, Any]:
+    cfg = plans["configurations"][CONFIGURATION]
+    arch = cfg["architecture"]["arch_kwargs"]
+    return {
+        "patch_size_zyx": [int(v) for v in cfg["patch_size"]],
+        "spacing_mm_zyx": [float(v) for v in cfg["spacing"]],
+        "transpose_forward": list(plans.get("transpose_forward", [0, 1, 2])),
+        "batch_size": int(cfg["batch_size"]),
+        "features_per_stage": [int(v) for v in arch["features_per_stage"]],
+        "n_stages": int(arch["n_stages"]),
+    }
+
+
+def _write_run_log(run: Path, results: Path, plot: bool = True) -> None:
+    rows: list[dict[str, Any]] = []
+    for fold in trained_folds(results):
+        rows.extend(read_log_csv(results / f"fold_{fold}" / FOLD_LOG))
+    write_log_csv(run / "log.csv", rows)
+    if rows and plot:
+        plot_curves(rows, run / "curves.png")
+
+
+def _validation_summary(results: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for fold in trained_folds(results):
+        summary = results / f"fold_{fold}" / "validation" / "summary.json"
+        if not summary.is_file():
+            continue
+        content = json.loads(summary.read_text(encoding="utf-8"))
+        dice = {name: content["mean"].get(str(int(o)), {}).get("Dice") for name, o in zip(ORGAN_NAMES, ORGANS,
+                                                                                            strict=True)}
+        dice["mean"] = content.get("foreground_mean", {}).get("Dice")
+        out[str(fold)] = {"dice": dice, "cases": len(content.get("metric_per_case", []))}
+    return out
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=False)["current_epoch"])
+
+
+def _train_fold(fold: int | str, s: dict[str, Any], pre: Path, ident: str, run: Path, results: Path,
+                record: Callable[[int | str, int | str], None]) -> None:
+    """Train (or continue) one fold; ``record(fold, start epoch or "complete")`` is called before training."""
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    from thoraxseg.nnunet.trainer import find_checkpoint
+    from thoraxseg.utils.seeding import seed_everything
+
+    fold_dir = results / f"fold_{fold}"
+    ckpt = find_checkpoint(fold_dir, newest=True)
+    final = fold_dir / "checkpoint_final.pth"
+    if ckpt == final and _checkpoint_epoch(final) >= s["epochs"]:
+        record(fold, "complete")
+        return
+    plans = load_json(str(pre / f"{ident}.json"))
+    if s["batch_size"]:
+        plans["configurations"][CONFIGURATION]["batch_size"] = int(s["batch_size"])
+    plans["continue_training"] = ckpt is not None
+    dataset_json = load_json(str(pre / "dataset.json"))
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        seed_everything(s["seed"])  # network initialisation; also asks torch for deterministic kernels
+        _run_trainer(fold, s, plans, dataset_json, ckpt, run, results, record)
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+def _run_trainer(fold: int | str, s: dict[str, Any], plans: dict[str, Any], dataset_json: dict[str, Any],
+                 ckpt: Path | None, run: Path, results: Path,
+                 record: Callable[[int | str, int | str], None]) -> None:
+    from thoraxseg.nnunet.trainer import ThoraxsegTrainer
+
+    fold_dir = results / f"fold_{fold}"
+    trainer = ThoraxsegTrainer(plans=plans, configuration=CONFIGURATION, fold=fold, dataset_json=dataset_json,
+                               device=_torch_device(s["device"]))
+
+    last_plot = [time.monotonic()]
+
+    def on_epoch(t: ThoraxsegTrainer) -> None:
+        write_log_csv(fold_dir / FOLD_LOG, rows_from_logger(t.logged(), fold))
+        plot = time.monotonic() - last_plot[0] > CURVES_EVERY_S or t.current_epoch >= t.num_epochs
+        _write_run_log(run, results, plot=plot)
+        if plot:
+            last_plot[0] = time.monotonic()
+        if t.progress is not None:
+            dice = t.logged()["mean_fg_dice"][-1]
+            t.progress.update(t.progress_task, description=f"nnU-Net fold {fold}: epoch {t.current_epoch}/"
+                              f"{t.num_epochs}, pseudo Dice {dice:.3f}")
+
+    trainer.configure(num_epochs=s["epochs"], iterations_per_epoch=s["iterations_per_epoch"],
+                      val_iterations_per_epoch=s["val_iterations_per_epoch"], save_every=s["save_every"],
+                      seed=s["seed"], initial_lr=s["initial_lr"], epoch_callback=on_epoch)
+    start = 0
+    if ckpt is not None:
+        trainer.load_checkpoint(str(ckpt))
+        start = int(trainer.current_epoch)
+        err_console.print(f"nnU-Net fold {fold}: continuing from epoch {start} ({ckpt.name})")
+    record(fold, start)
+    workers = s["num_workers"]
+    with make_progress() as progress:
+        total = max(0, s["epochs"] - start) * s["iterations_per_epoch"]
+        trainer.progress = progress
+        trainer.progress_task = progress.add_task(f"nnU-Net fold {fold}: epoch {start}/{s['epochs']}", total=total)
+        # None: leave nnUNet_n_proc_DA (or nnU-Net's own default) alone
+        with contextlib.nullcontext() if workers is None else scoped_env(nnUNet_n_proc_DA=str(workers)):
+            trainer.run_training()
+    if s["final_validation"]:
+        with thread_pools(s["pools"] == "thread"):
+            trainer.perform_actual_validation(False)
+
+
+@contextlib.contextmanager
+def _run_lock(nn_root: Path) -> Iterator[None]:
+    """Exclusive lock on ``RUN/nnunet/.lock`` (several fold jobs may share one RUN, e.g. a SLURM array)."""
+    import fcntl
+
+    nn_root.mkdir(parents=True, exist_ok=True)
+    with (nn_root / ".lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _fold_key(fold: str) -> tuple[int, int | str]:
+    return (0, int(fold)) if fold.isdigit() else (1, fold)
+
+
+def trained_folds(results: Path) -> list[str]:
+    """Folds with a ``fold_N`` folder under an nnU-Net results folder, in order (``all`` last)."""
+    if not results.is_dir():
+        return []
+    names = [p.name[len("fold_"):] for p in results.iterdir() if p.is_dir() and p.name.startswith("fold_")]
+    return sorted(names, key=_fold_key)
+
+
+def _start(data: str | Path, out: str | Path, config: Mapping[str, Any] | str | Path | None,
+           explicit: dict[str, Any]) -> tuple[Path, Path, dict[str, Any]]:
+    data_path = Path(data).resolve()
+    run = Path(out).resolve()
+    s = resolve_settings(config, **explicit)
+    _torch_device(s["device"])
+    labelled_cases(data_path)  # fail early, naming the folder, when there is nothing to train on
+    if (run / "config.yaml").is_file():
+        old = read_run_config(run)
+        diff = [k for k in _IDENTITY_KEYS if old.get(k) != s[k]]
+        if old.get("data") != str(data_path):
+            diff.append("data")
+        if diff:
+            raise ConfigError(f"{run}: holds an nnunet3d run with other {', '.join(diff)}; "
+                              "use another --out (or the same settings to continue it)")
+    return data_path, run, s
+
+
+def _prepare_run(data: Path, run: Path, s: dict[str, Any], paths: NnunetPaths) -> tuple[Path, Path]:
+    """Prepare (once) and write ``RUN/config.yaml``; returns (preprocessed dataset, results folder)."""
+    import thoraxseg
+
+    ident = plans_identifier(s["plans"])
+    dataset = dataset_folder_name(s["dataset_id"], s["dataset_name"])
+    with _run_lock(paths.root):
+        prepared = _prepare(data, paths, s, paths.root / PREPARED_MARKER)
+        pre = paths.preprocessed / dataset
+        results = paths.results / dataset / f"{TRAINER_NAME}__{ident}__{CONFIGURATION}"
+        plan = json.loads((pre / f"{ident}.json").read_text(encoding="utf-8"))
+        resolved = {
+            "dataset": dataset,
+            "plans_identifier": ident,
+            "configuration": CONFIGURATION,
+            "trainer": TRAINER_NAME,
+            "results_folder": os.path.relpath(results, run),
+            "cases": prepared.get("cases"),
+            "plan": _plan_summary(plan),
+        }
+        cfg = {"model": MODEL, "data": str(data), **s, "folds": ",".join(str(f) for f in s["folds"]),
+               "resolved": resolved,
+               "versions": {"thoraxseg": thoraxseg.__version__, "nnunetv2": prepared.get("nnunetv2")}}
+        write_text_atomic(run / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    return pre, results
+
+
+def _environment(run: Path, s: dict[str, Any]) -> contextlib.AbstractContextManager[NnunetPaths]:
+    return nnunet_environment(run / "nnunet", num_processes=s["num_processes"],
+                              compile_network=False if s["device"] == "cpu" else None)
+
+
+def prepare_nnunet(
+    data: str | Path,
+    out: str | Path,
+    config: Mapping[str, Any] | str | Path | None = None,
+    plans: str | None = None,
+    **overrides: Any,
+) -> Path:
+    """Export, fingerprint, plan and preprocess into ``out`` without training (idempotent).
+
+    Useful before starting several fold jobs on one run folder (SLURM array): they then find
+    the preparation done. Arguments as for :func:`train_nnunet`. Returns the run folder.
+    """
+    data_path, run, s = _start(data, out, config, {"plans": plans, **overrides})
+    with _environment(run, s) as paths, _quiet(paths.root / "nnunet_stdout.log", s["verbose"]):
+        _prepare_run(data_path, run, s, paths)
+    return run
+
+
+def train_nnunet(
+    data: str | Path,
+    out: str | Path,
+    config: Mapping[str, Any] | str | Path | None = None,
+    folds: str | int | Sequence[int | str] | None = None,
+    epochs: int | None = None,
+    iterations_per_epoch: int | None = None,
+    plans: str | None = None,
+    device: str | None = None,
+    seed: int | None = None,
+    **overrides: Any,
+) -> Path:
+    """Export, plan, preprocess (``3d_fullres``) and train nnU-Net into the run folder ``out``.
+
+    Parameters
+    ----------
+    data
+        Training cohort, any layout with labels (``train/Patient_XX/{Patient_XX,GT}.nii.gz``...).
+    out
+        Run folder ``RUN`` (created; a rerun continues it). Several processes may train
+        different folds into one ``RUN`` at the same time (preparation runs once, under a lock).
+    config
+        Settings as a mapping or a YAML file (a previous ``RUN/config.yaml`` works); explicit
+        arguments win. Keys: see :data:`DEFAULTS`.
+    folds
+        ``"0"`` (default), ``"0,1"``, ``"0-4"``, or ``"all"`` (nnU-Net's fold trained on every case,
+        whose validation is then on training cases).
+    epochs, iterations_per_epoch
+        Run length; default nnU-Net's 1000 × 250 for ``plans="default"``, see :data:`RUN_LENGTH`
+        for ``"cpu"``.
+    plans
+        ``"default"`` (nnU-Net's plan, for a GPU) or ``"cpu"`` (reduced network and patch, see
+        :mod:`thoraxseg.nnunet.plans`).
+    device
+        ``"cpu"`` (default) or ``"cuda"``.
+    seed
+        Seeds network initialisation and every epoch's sampling/augmentation (default 0).
+    **overrides
+        Any other key of :data:`DEFAULTS` (``val_iterations_per_epoch``, ``num_workers``, ...).
+
+    Returns
+    -------
+    Path
+        The run folder.
+    """
+    data_path, run, s = _start(data, out, config, {
+        "folds": folds, "epochs": epochs, "iterations_per_epoch": iterations_per_epoch, "plans": plans,
+        "device": device, "seed": seed, **overrides})
+    started = _dt.datetime.now().isoformat(timespec="seconds")
+    session: dict[str, Any] = {"id": f"{started}/{os.getpid()}", "started": started, "folds": {}}
+    with _environment(run, s) as paths, _quiet(paths.root / "nnunet_stdout.log", s["verbose"]):
+        pre, results = _prepare_run(data_path, run, s, paths)
+        sessions_path = paths.root / "sessions.json"
+
+        def record(fold: int | str, start: int | str) -> None:
+            """Log in RUN/nnunet/sessions.json from which epoch each fold went on in this call."""
+            with _run_lock(paths.root):
+                sessions = json.loads(sessions_path.read_text(encoding="utf-8")) if sessions_path.is_file() else []
+                session["folds"][str(fold)] = start
+                write_json_atomic(sessions_path, [*(x for x in sessions if x.get("id") != session["id"]), session])
+
+        for fold in s["folds"]:
+            _train_fold(fold, s, pre, plans_identifier(s["plans"]), run, results, record)
+        _write_run_log(run, results)
+        summary = _validation_summary(results)
+        if summary:
+            write_json_atomic(run / "validation.json", summary)
+    return run
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# prediction
+
+
+def load_predictor(
+    run: str | Path,
+    device: str = "cpu",
+    tta: bool = True,
+    step: float = 0.5,
+    folds: Sequence[int | str] | None = None,
+    checkpoint: str | None = None,
+) -> Any:
+    """nnU-Net's :class:`nnUNetPredictor` for a trained run, initialised in code (no class lookup by name).
+
+    Every trained fold of the run is loaded (``checkpoint_final.pth``, else latest, else best;
+    ``checkpoint="best"``/``"latest"``/``"final"`` tries that one first); their logits are
+    averaged (nnU-Net's ensembling).
+    """
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from thoraxseg.nnunet.trainer import ThoraxsegTrainer, find_checkpoint
+
+    run = Path(run)
+    cfg = read_run_config(run)
+    if not 0 < float(step) <= 1:
+        raise ConfigError(f"step (tile overlap step, fraction of the patch) must be in (0, 1], got {step}")
+    results = run / cfg["resolved"]["results_folder"]
+    if not (results / "plans.json").is_file():
+        raise InputError(results / "plans.json", "file not found (training has not started)")
+    plans_manager = PlansManager(load_json(str(results / "plans.json")))
+    dataset_json = load_json(str(results / "dataset.json"))
+    configuration = plans_manager.get_configuration(CONFIGURATION)
+    wanted = trained_folds(results) if folds is None else list(folds)
+    parameters, mirror_axes, used = [], None, []
+    for fold in wanted:
+        ckpt = find_checkpoint(results / f"fold_{fold}", prefer=checkpoint)
+        if ckpt is None:
+            continue
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        parameters.append(state["network_weights"])
+        mirror_axes = state.get("inference_allowed_mirroring_axes", mirror_axes)
+        used.append((fold, ckpt.name))
+    if not parameters:
+        raise InputError(results, f"no checkpoint for folds {', '.join(map(str, wanted))}")
+    network = ThoraxsegTrainer.build_network_architecture(
+        plans_manager, configuration, determine_num_input_channels(plans_manager, configuration, dataset_json),
+        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
+    network.load_state_dict(parameters[0])
+    dev = _torch_device(device)
+    predictor = nnUNetPredictor(tile_step_size=float(step), use_gaussian=True, use_mirroring=bool(tta),
+                                perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
+                                verbose_preprocessing=False, allow_tqdm=False)
+    predictor.manual_initialization(network, plans_manager, configuration, parameters, dataset_json,
+                                    TRAINER_NAME, mirror_axes)
+    predictor.thoraxseg_folds = used
+    return predictor
+
+
+def predict_array(predictor: Any, volume: Volume) -> np.ndarray:
+    """Segment one CT with an initialised nnU-Net predictor; labels on the CT's own grid, axes ``(x, y, z)``.
+
+    nnU-Net works in SimpleITK's axis order ``(z, y, x)`` with spacing reversed the same way
+    (that is what its SimpleITK reader hands the network at training time), so the NIfTI
+    ``(x, y, z)`` array is transposed on the way in and the segmentation on the way out.
+    Preprocessing (crop, resampling to the plan's spacing, CT normalisation), sliding-window
+    inference and resampling back are nnU-Net's (``predict_single_npy_array``'s steps).
+    """
+    import torch
+    from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+    from nnunetv2.inference.export_prediction import (
+        convert_predicted_logits_to_segmentation_with_correct_shape,
+    )
+
+    image = np.asarray(volume.array, dtype=np.float32).transpose(2, 1, 0)[None]
+    props = {"spacing": [float(v) for v in volume.spacing[::-1]]}
+    adapter = PreprocessAdapterFromNpy([image], [None], [props], [None], predictor.plans_manager,
+                                       predictor.dataset_json, predictor.configuration_manager,
+                                       num_threads_in_multithreaded=1, verbose=False)
+    item = next(adapter)
+    logits = predictor.predict_logits_from_preprocessed_data(item["data"]).cpu()
+    seg = convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager,
+        item["data_properties"], return_probabilities=False, num_threads_torch=torch.get_num_threads())
+    seg = np.asarray(seg).transpose(2, 1, 0)
+    if seg.shape != volume.shape:  # pragma: no cover - nnU-Net guarantees the source shape
+        raise RuntimeError(f"nnU-Net returned shape {seg.shape}, expected {volume.shape}")
+    return seg.astype(np.uint8)
+
+
+def predict_nnunet(
+    run: str | Path,
+    images: str | Path,
+    out: str | Path,
+    tta: bool = True,
+    step: float = 0.5,
+    postprocess: bool = True,
+    device: str = "cpu",
+    folds: Sequence[int | str] | None = None,
+    checkpoint: str | None = None,
+    verbose: bool = False,
+    **unused: Any,
+) -> list[Path]:
+    """Segment every case under ``images`` with a trained nnunet3d run.
+
+    Parameters
+    ----------
+    run
+        Run folder from :func:`train_nnunet`.
+    images
+        Any layout :func:`~thoraxseg.data.layout.discover_cases` accepts (labels are ignored).
+    out
+        Output folder; gets ``Patient_XX.nii.gz`` (uint8, 0..4) on each source image's grid.
+    tta
+        Mirroring test-time augmentation over the axes nnU-Net allowed in training (8× slower in 3D).
+    step
+        Sliding-window step as a fraction of the patch (nnU-Net's ``tile_step_size``; 0.5 = half overlap).
+    postprocess
+        Keep only the largest connected component of each organ
+        (:func:`thoraxseg.inference.postprocess.keep_largest_component`).
+    device
+        ``"cpu"`` or ``"cuda"``.
+    folds
+        Folds to ensemble (default: the run's folds that have a checkpoint).
+    checkpoint
+        ``"final"``, ``"latest"`` or ``"best"`` to prefer that checkpoint (default: final, else
+        latest, else best).
+    **unused
+        Options of the 2D arms; any other than None is an error.
+
+    Returns
+    -------
+    list of Path
+        Written files, in case order.
+    """
+    from thoraxseg.inference.postprocess import keep_largest_component
+
+    extra = sorted(k for k, v in unused.items() if v is not None)
+    if extra:
+        raise ConfigError(f"option(s) {', '.join(extra)} do not apply to nnunet3d prediction")
+    run = Path(run)
+    read_run_config(run)
+    cases = discover_cases(images)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with nnunet_environment(run / "nnunet", num_processes=default_processes()), \
+            _quiet(run / "nnunet" / "nnunet_stdout.log", verbose):
+        predictor = load_predictor(run, device=device, tta=tta, step=step, folds=folds, checkpoint=checkpoint)
+        written = []
+        for case in track(cases, f"nnU-Net: predicting ({len(predictor.thoraxseg_folds)} fold(s))"):
+            volume = load_image(case.image_path)
+            labels = predict_array(predictor, volume)
+            if postprocess:
+                labels = keep_largest_component(labels)
+            path = out / f"{case.patient_id}.nii.gz"
+            save_label(labels, volume, path)
+            written.append(path)
+    return written

@@ -1,0 +1,209 @@
+"""nnU-Net planning and preprocessing (``3d_fullres``), and the reduced ``cpu`` plan.
+
+Planning and preprocessing are nnU-Net's own, called through its Python API
+(:mod:`nnunetv2.experiment_planning.plan_and_preprocess_api`): dataset
+fingerprint (with nnU-Net's integrity check), :class:`ExperimentPlanner`
+(the default ``nnUNetPlans``), then :class:`DefaultPreprocessor` for
+``3d_fullres`` only. Classes are passed in directly rather than looked up by
+name, so nothing here depends on nnU-Net's class search (which imports every
+trainer variant and fails where torchvision does not import).
+
+The ``cpu`` plan (``nnUNetPlans_cpu``) is derived from nnU-Net's default plan
+by :func:`make_cpu_plans`. It keeps everything that defines the data (target
+spacing, axis transpose, CT normalisation, resampling, hence the same
+preprocessed arrays) and changes only the network and batch:
+
+* feature maps: 16 in the first stage (nnU-Net: 32), doubling per stage, at
+  most 128 (nnU-Net: 320) — about 1/4 of the channels and ~1/16 of the FLOPs;
+* patch: each axis capped at 64 voxels (``CPU_MAX_PATCH``, axes in nnU-Net's
+  transposed order), then the U-Net topology (number of stages, pooling and
+  kernel sizes) recomputed for that patch with nnU-Net's own
+  ``get_pool_and_conv_props``;
+* batch size 2 (nnU-Net's minimum);
+* only the ``3d_fullres`` configuration is kept.
+
+The changes are also written into the plans JSON under ``"thoraxseg_cpu_plan"``.
+"""
+
+from __future__ import annotations
+
+import json
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+from thoraxseg.errors import ConfigError
+from thoraxseg.utils.atomic import write_json_atomic
+
+CONFIGURATION = "3d_fullres"
+DEFAULT_PLANS = "nnUNetPlans"
+CPU_PLANS = "nnUNetPlans_cpu"
+PLAN_CHOICES = ("default", "cpu")
+
+#: ``--plans cpu`` network settings.
+CPU_BASE_FEATURES = 16
+CPU_MAX_FEATURES = 128
+CPU_MAX_PATCH = (64, 64, 64)
+CPU_BATCH_SIZE = 2
+_MIN_FEATURE_MAP_EDGE = 4  # nnU-Net's UNet_featuremap_min_edge_length
+
+
+def plans_identifier(plans: str) -> str:
+    """nnU-Net plans identifier for a ``--plans`` choice.
+
+    >>> plans_identifier("cpu")
+    'nnUNetPlans_cpu'
+    """
+    if plans == "default":
+        return DEFAULT_PLANS
+    if plans == "cpu":
+        return CPU_PLANS
+    raise ConfigError(f"plans must be one of {', '.join(PLAN_CHOICES)}, got {plans!r}")
+
+
+def _topology(spacing: list[float], patch: list[int]) -> tuple[list[int], Any, Any]:
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+
+    _, pools, kernels, new_patch, _ = get_pool_and_conv_props(spacing, patch, _MIN_FEATURE_MAP_EDGE, 999999)
+    return [int(p) for p in new_patch], pools, kernels
+
+
+def cpu_patch_and_topology(
+    spacing: list[float], patch: list[int], max_patch: tuple[int, ...] = CPU_MAX_PATCH
+) -> tuple[list[int], list[list[int]], list[list[int]]]:
+    """Cap a patch (voxels, nnU-Net's transposed axis order) and recompute the U-Net topology.
+
+    Returns the new patch, the pooling strides per stage and the kernel sizes per stage.
+    Each axis ends at most at ``max_patch`` and divisible by its total pooling factor.
+
+    >>> p, strides, kernels = cpu_patch_and_topology([4.0, 3.0, 3.0], [80, 160, 160])
+    >>> p, len(strides) == len(kernels)
+    ([64, 64, 64], True)
+    """
+    target = [min(int(p), int(m)) for p, m in zip(patch, max_patch, strict=True)]
+    while True:
+        new_patch, pools, kernels = _topology(list(spacing), target)
+        over = [i for i, (p, m) in enumerate(zip(new_patch, max_patch, strict=True)) if p > m]
+        if not over:
+            return new_patch, [list(s) for s in pools], [list(k) for k in kernels]
+        for i in over:  # padding to the pooling factor overshot the cap: step down and recompute
+            target[i] -= 1
+
+
+def make_cpu_plans(plans: dict[str, Any]) -> dict[str, Any]:
+    """Derive the ``nnUNetPlans_cpu`` plans from nnU-Net's default plans (see module docstring).
+
+    Parameters
+    ----------
+    plans
+        Content of ``nnUNetPlans.json`` (not modified).
+
+    Returns
+    -------
+    dict
+        New plans with ``plans_name = "nnUNetPlans_cpu"`` and one configuration, ``3d_fullres``.
+    """
+    if CONFIGURATION not in plans.get("configurations", {}):
+        raise ConfigError(f"nnU-Net made no {CONFIGURATION} configuration for {plans.get('dataset_name')} "
+                          "(2D data?); the nnunet3d arm needs 3D volumes")
+    out = deepcopy(plans)
+    cfg = out["configurations"][CONFIGURATION]
+    arch = cfg["architecture"]["arch_kwargs"]
+    old = {
+        "patch_size": list(cfg["patch_size"]),
+        "batch_size": int(cfg["batch_size"]),
+        "features_per_stage": list(arch["features_per_stage"]),
+        "n_stages": int(arch["n_stages"]),
+    }
+    patch, strides, kernels = cpu_patch_and_topology(list(cfg["spacing"]), list(cfg["patch_size"]))
+    n = len(strides)
+    features = [min(CPU_MAX_FEATURES, CPU_BASE_FEATURES * 2**i) for i in range(n)]
+    enc = list(arch["n_conv_per_stage"]) + [arch["n_conv_per_stage"][-1]] * n
+    dec = list(arch["n_conv_per_stage_decoder"]) + [arch["n_conv_per_stage_decoder"][-1]] * n
+    arch.update({
+        "n_stages": n,
+        "features_per_stage": features,
+        "kernel_sizes": kernels,
+        "strides": strides,
+        "n_conv_per_stage": enc[:n],
+        "n_conv_per_stage_decoder": dec[: n - 1],
+    })
+    cfg["patch_size"] = patch
+    cfg["batch_size"] = CPU_BATCH_SIZE
+    cfg["data_identifier"] = f"{CPU_PLANS}_{CONFIGURATION}"
+    out["configurations"] = {CONFIGURATION: cfg}
+    out["plans_name"] = CPU_PLANS
+    out["thoraxseg_cpu_plan"] = {
+        "derived_from": plans.get("plans_name", DEFAULT_PLANS),
+        "nnunet_default": old,
+        "cpu": {"patch_size": patch, "batch_size": CPU_BATCH_SIZE, "features_per_stage": features, "n_stages": n},
+        "unchanged": "spacing, transpose, normalisation, resampling, losses, augmentation, optimiser",
+    }
+    return out
+
+
+def write_splits(preprocessed_dataset: Path, case_ids: list[str], seed: int = 12345) -> list[dict[str, list[str]]]:
+    """Write nnU-Net's ``splits_final.json``: its own seeded k-fold split, k = min(5, cases).
+
+    nnU-Net would make a 5-fold split itself, but fails with fewer than 5 cases;
+    this uses nnU-Net's :func:`generate_crossval_split` with the same seed.
+    """
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    if len(case_ids) < 2:
+        raise ConfigError(f"nnU-Net cross-validation needs at least 2 labelled cases, got {len(case_ids)}")
+    splits = generate_crossval_split(sorted(case_ids), seed=seed, n_splits=min(5, len(case_ids)))
+    splits = [{"train": [str(k) for k in s["train"]], "val": [str(k) for k in s["val"]]} for s in splits]
+    write_json_atomic(preprocessed_dataset / "splits_final.json", splits)
+    return splits
+
+
+def plan_and_preprocess(
+    dataset_id: int,
+    preprocessed_dataset: Path,
+    plans: str = "default",
+    num_processes: int = 2,
+    check_integrity: bool = True,
+    verbose: bool = False,
+) -> str:
+    """Fingerprint, plan and preprocess ``3d_fullres`` with nnU-Net (inside :func:`nnunet_environment`).
+
+    Parameters
+    ----------
+    dataset_id
+        nnU-Net dataset ID (already exported to ``nnUNet_raw``).
+    preprocessed_dataset
+        ``nnUNet_preprocessed/DatasetXXX_Name`` (where the plans JSON is written).
+    plans
+        ``"default"`` (nnU-Net's ``nnUNetPlans``) or ``"cpu"`` (``nnUNetPlans_cpu``).
+    num_processes
+        nnU-Net worker pool size for fingerprinting and preprocessing.
+    check_integrity
+        Run nnU-Net's ``verify_dataset_integrity`` first.
+
+    Returns
+    -------
+    str
+        The plans identifier.
+    """
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (
+        DatasetFingerprintExtractor,
+    )
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprint_dataset,
+        plan_experiment_dataset,
+        preprocess_dataset,
+    )
+
+    identifier = plans_identifier(plans)
+    extract_fingerprint_dataset(dataset_id, DatasetFingerprintExtractor, num_processes,
+                                check_dataset_integrity=check_integrity, clean=True, verbose=verbose,
+                                show_progress_bar=verbose)
+    plan_experiment_dataset(dataset_id, ExperimentPlanner)
+    if plans == "cpu":
+        default = json.loads((preprocessed_dataset / f"{DEFAULT_PLANS}.json").read_text(encoding="utf-8"))
+        write_json_atomic(preprocessed_dataset / f"{CPU_PLANS}.json", make_cpu_plans(default))
+    preprocess_dataset(dataset_id, identifier, (CONFIGURATION,), [num_processes], verbose=verbose,
+                       show_progress_bar=verbose)
+    return identifier

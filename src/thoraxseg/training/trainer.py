@@ -1,0 +1,425 @@
+"""The 2D training loop: AdamW, Dice+CE, per-epoch 3D validation, atomic checkpoints, exact resume, DDP.
+
+Run folder (``cfg.out``)
+------------------------
+``config.yaml``
+    The fully resolved :class:`~thoraxseg.training.config.TrainConfig`.
+``log.csv``
+    One row per finished epoch: :data:`LOG_COLUMNS`.
+``curves.png``
+    Training/validation loss and per-organ validation Dice per epoch.
+``last.pt``
+    Written atomically after every epoch: model, optimizer, scheduler, epoch, best
+    score, the log rows, the RNG states (torch, CUDA, NumPy, Python — per process)
+    and the data sampler's ``(seed, epoch)``.
+``best.pt``
+    The model of the epoch with the best mean validation Dice.
+
+Resumption: running the same command again on a folder with ``last.pt`` restores
+everything above and continues with the next epoch. Data order and augmentation
+depend only on ``(seed, epoch, slice)``, so on CPU with a fixed seed a run killed at
+any point and resumed ends with bit-identical weights to an uninterrupted run.
+
+Validation Dice is computed in 3D: every validation volume is predicted slice by slice,
+resized back and stitched onto its source grid (as :func:`thoraxseg.inference.predict2d.predict_2d`
+does, without post-processing), and compared with its ``GT`` per organ; the per-patient
+Dice values are averaged (patients where an organ is absent from both are skipped).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from thoraxseg.data.layout import labelled_cases
+from thoraxseg.errors import ConfigError
+from thoraxseg.inference.predict2d import autocast_context, predict_slices
+from thoraxseg.labels import NUM_CLASSES, ORGAN_NAMES, ORGANS
+from thoraxseg.losses.dice_ce import DiceCELoss
+from thoraxseg.networks import build_model, count_parameters
+from thoraxseg.training import distributed as D
+from thoraxseg.training.config import TrainConfig, config_differences, config_from_dict, dump_yaml
+from thoraxseg.training.data2d import (
+    AugmentCollate,
+    BatchAugmenter,
+    CaseSlices,
+    DeviceBatches,
+    EpochSampler,
+    SliceDataset,
+    load_cases,
+    split_cases,
+)
+from thoraxseg.utils.atomic import atomic_path, write_text_atomic
+from thoraxseg.utils.progress import console, make_progress
+from thoraxseg.utils.seeding import seed_everything
+
+#: Columns of ``log.csv``.
+LOG_COLUMNS: tuple[str, ...] = (
+    "epoch", "train_loss", "val_loss", *(f"val_dice_{o}" for o in ORGAN_NAMES), "val_dice_mean",
+    "lr", "seconds", "steps", "samples",
+)
+CHECKPOINT_FORMAT = "thoraxseg-2d-v1"
+
+
+def dice_per_organ(pred: np.ndarray, gt: np.ndarray, num_classes: int = NUM_CLASSES) -> dict[str, float]:
+    """3D Dice per organ from one confusion matrix (NaN where the organ is absent from both).
+
+    >>> g = np.zeros((4, 4, 4), np.uint8); g[:2] = 2
+    >>> p = np.zeros_like(g); p[:1] = 2
+    >>> round(dice_per_organ(p, g)["heart"], 4), str(dice_per_organ(p, g)["aorta"])
+    (0.6667, 'nan')
+    """
+    cm = np.bincount(gt.astype(np.int64).ravel() * num_classes + pred.astype(np.int64).ravel(),
+                     minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    out: dict[str, float] = {}
+    for organ, name in zip(ORGANS, ORGAN_NAMES, strict=True):
+        c = int(organ)
+        tp, n_gt, n_pred = cm[c, c], cm[c, :].sum(), cm[:, c].sum()
+        out[name] = float(2 * tp / (n_gt + n_pred)) if n_gt + n_pred else float("nan")
+    return out
+
+
+def lr_factor(schedule: str, epoch: int, epochs: int, power: float = 0.9, min_ratio: float = 0.0) -> float:
+    """Multiplier of the base learning rate during ``epoch`` (0-based).
+
+    >>> [round(lr_factor("poly", e, 4), 3) for e in range(4)]
+    [1.0, 0.772, 0.536, 0.287]
+    >>> [round(lr_factor("cosine", e, 3), 3) for e in range(3)]
+    [1.0, 0.5, 0.0]
+    """
+    if schedule == "none" or epochs <= 1:
+        return 1.0
+    if schedule == "poly":
+        return (1.0 - epoch / epochs) ** power
+    if schedule == "cosine":
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * epoch / (epochs - 1)))
+    raise ConfigError(f"unknown schedule {schedule!r}")
+
+
+class _Schedule:
+    """Picklable LambdaLR multiplier."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.schedule, self.epochs = cfg.optim.schedule, cfg.epochs
+        self.power = cfg.optim.poly_power
+        self.min_ratio = cfg.optim.min_lr / cfg.optim.lr
+
+    def __call__(self, epoch: int) -> float:
+        return lr_factor(self.schedule, epoch, self.epochs, self.power, self.min_ratio)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),  # noqa: NPY002
+                             "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _format(v: float | int | None) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:.6g}"
+
+
+def write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write ``log.csv`` atomically (empty cell for NaN/missing)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(LOG_COLUMNS)
+    for row in rows:
+        writer.writerow([_format(row.get(c)) for c in LOG_COLUMNS])
+    write_text_atomic(path, buf.getvalue())
+
+
+def plot_curves(path: Path, rows: Sequence[dict[str, Any]], title: str = "") -> None:
+    """Loss and validation-Dice curves as a PNG (atomic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from thoraxseg.labels import LABEL_COLORS
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(epochs, [r["train_loss"] for r in rows], "-o", ms=3, label="train")
+    ax1.plot(epochs, [r["val_loss"] for r in rows], "-o", ms=3, label="validation")
+    ax1.set(xlabel="epoch", ylabel="Dice + CE loss", title="loss")
+    ax1.legend()
+    for organ, name in zip(ORGANS, ORGAN_NAMES, strict=True):
+        ax2.plot(epochs, [r[f"val_dice_{name}"] for r in rows], "-", color=LABEL_COLORS[int(organ)], label=name)
+    ax2.plot(epochs, [r["val_dice_mean"] for r in rows], "k--", lw=2, label="mean")
+    ax2.set(xlabel="epoch", ylabel="3D Dice", ylim=(0, 1), title="validation Dice (3D)")
+    ax2.legend(fontsize=8, loc="lower right")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)  # noqa: NPY002
+    random.seed(seed)
+
+
+def use_gpu_cache(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether the training slices live in GPU memory (``cache_on_gpu``; None = when training on CUDA)."""
+    if device.type != "cuda":
+        return False
+    return True if cfg.cache_on_gpu is None else bool(cfg.cache_on_gpu)
+
+
+def make_batches(dataset: SliceDataset, sampler: EpochSampler, cfg: TrainConfig, epoch: int,
+                 device: torch.device) -> DataLoader | DeviceBatches:
+    """The batches of one epoch: gathered on the GPU when the slices are cached there, else a DataLoader."""
+    if dataset.images.device.type == "cuda":
+        sampler.set_epoch(epoch)
+        return DeviceBatches(dataset, sampler, cfg.batch_size, AugmentCollate(cfg.augment, cfg.seed))
+    return make_loader(dataset, sampler, cfg, epoch, pin_memory=device.type == "cuda")
+
+
+def make_loader(dataset: SliceDataset, sampler: EpochSampler, cfg: TrainConfig, epoch: int,
+                pin_memory: bool = False) -> DataLoader:
+    """The DataLoader of one epoch (its worker seeds derive from ``(seed, epoch)``)."""
+    sampler.set_epoch(epoch)
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence((cfg.seed, epoch)).generate_state(1)[0]))
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                      collate_fn=AugmentCollate(cfg.augment, cfg.seed), generator=gen,
+                      worker_init_fn=_seed_worker, pin_memory=pin_memory, drop_last=False)
+
+
+def validate(model: torch.nn.Module, val: Sequence[CaseSlices], loss_fn: DiceCELoss, cfg: TrainConfig,
+             device: torch.device) -> tuple[float, dict[str, float]]:
+    """Validation loss (network grid) and per-organ mean 3D Dice over the validation patients."""
+    losses, weights = [], []
+    per_organ: dict[str, list[float]] = {name: [] for name in ORGAN_NAMES}
+    for case in val:
+        labels, loss = predict_slices(model, case.images, case.geometry, cfg.windows, cfg.val_batch_size, device,
+                                      cfg.amp, targets=case.labels, loss_fn=loss_fn)
+        losses.append(loss)
+        weights.append(case.images.shape[0])
+        assert case.label_volume is not None
+        for name, d in dice_per_organ(labels, case.label_volume).items():
+            if math.isfinite(d):
+                per_organ[name].append(d)
+    val_loss = float(np.average(losses, weights=weights)) if losses else float("nan")
+    dice = {name: float(np.mean(v)) if v else float("nan") for name, v in per_organ.items()}
+    return val_loss, dice
+
+
+def _mean_dice(dice: dict[str, float]) -> float:
+    vals = [v for v in dice.values() if math.isfinite(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _check_resume(out: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+    """Load ``last.pt`` when present and check that the stored config matches ``cfg``."""
+    last = out / "last.pt"
+    if not last.is_file():
+        return None
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ConfigError(f"{last}: unreadable checkpoint ({type(exc).__name__}); delete it to start over") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{last}: not a thoraxseg 2D checkpoint; use another --out")
+    diffs = config_differences(state["config"], cfg.to_dict())
+    if diffs:
+        raise ConfigError(f"{out}: holds a run with other settings ({'; '.join(diffs[:4])}); "
+                          "use the same settings to resume, or another --out")
+    return state
+
+
+def train_2d(cfg: TrainConfig) -> Path:
+    """Train (or resume) a 2D arm as configured; returns the run folder.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) this runs data-parallel (see
+    :mod:`thoraxseg.training.distributed`).
+    """
+    if not cfg.data or not cfg.out:
+        raise ConfigError("both data and out must be set")
+    info = D.setup(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, info)
+    finally:
+        D.cleanup()
+
+
+def _train(cfg: TrainConfig, info: D.DistInfo) -> Path:
+    out = Path(cfg.out)
+    device = info.device
+    state = _check_resume(out, cfg) if info.is_main else None
+    resumed_epoch = int(D.broadcast_object(state["epoch"] if state else 0, info))  # type: ignore[arg-type]
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(out)
+        write_text_atomic(out / "config.yaml", dump_yaml(cfg))
+    if resumed_epoch >= cfg.epochs:
+        if info.is_main:
+            console.print(f"{out}: already trained for {resumed_epoch} epochs (>= {cfg.epochs}); nothing to do")
+        return out
+
+    # data (every process holds the training slices; only rank 0 holds validation volumes)
+    seed_everything(cfg.seed)
+    cases = labelled_cases(cfg.data)
+    train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed, cfg.val_cases)
+    train_data = load_cases(train_cases, cfg.image_size, description="loading training cases",
+                            show=info.is_main)
+    val_data = (load_cases(val_cases, cfg.image_size, keep_volume=True,
+                           description="loading validation cases") if info.is_main else [])
+    dataset = SliceDataset(train_data)
+    if use_gpu_cache(cfg, device):
+        dataset.to(device)
+    sampler = EpochSampler(dataset, cfg.seed, info.world_size, info.rank, cfg.samples_per_epoch)
+    augment = BatchAugmenter(cfg.augment, cfg.seed, cfg.image_size, cfg.windows, device)
+
+    # model, loss, optimiser, schedule (same initial weights everywhere: seeded before construction)
+    seed_everything(cfg.seed)
+    net = build_model(cfg.model, in_channels=len(cfg.windows), width=cfg.width, dropout=cfg.dropout).to(device)
+    model: torch.nn.Module = net
+    if info.distributed:
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    loss_fn = DiceCELoss(cfg.loss.class_weights, cfg.loss.dice_weight, cfg.loss.ce_weight, cfg.loss.eps).to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                                  weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _Schedule(cfg))
+    torch.manual_seed(cfg.seed + 7919 * info.rank)  # distinct dropout streams per process
+
+    history: list[dict[str, Any]] = []
+    best, best_epoch = -math.inf, 0
+    if resumed_epoch:
+        if not info.is_main:
+            state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+        assert state is not None
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scheduler.lr_lambdas = [_Schedule(cfg)]  # epochs may have been extended
+        history = list(state["history"])
+        best, best_epoch = float(state["best_dice"]), int(state["best_epoch"])
+        rngs = state["rng"]
+        _set_rng_state(rngs[info.rank % len(rngs)])
+        if info.is_main:
+            console.print(f"resuming {out} after epoch {resumed_epoch}")
+    elif info.is_main:
+        console.print(f"{cfg.model}: {count_parameters(net) / 1e6:.3f} M parameters, "
+                      f"{len(train_cases)} training / {len(val_cases)} validation patients, "
+                      f"{len(dataset)} training slices, {info.world_size} process(es) on {device}", soft_wrap=True)
+
+    for epoch in range(resumed_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        model.train()
+        loader = make_batches(dataset, sampler, cfg, epoch, device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        n_seen, steps = 0, 0
+        with make_progress() as progress:
+            task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader), visible=info.is_main)
+            for images, labels, params in loader:
+                images, labels = augment(images.to(device, non_blocking=True), labels.to(device, non_blocking=True),
+                                         params)
+                optimizer.zero_grad(set_to_none=True)
+                with autocast_context(device, cfg.amp):
+                    logits = model(images)
+                loss = loss_fn(logits.float(), labels)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach().double() * images.shape[0]
+                n_seen += int(images.shape[0])
+                steps += 1
+                progress.advance(task)
+        scheduler.step()
+        total_loss, total_n = D.all_reduce_sum([float(loss_sum), float(n_seen)], info)
+        train_loss = total_loss / max(total_n, 1)
+
+        rngs = _gather_rng(info)
+        if info.is_main:
+            val_loss, dice = validate(net, val_data, loss_fn, cfg, device)
+            mean = _mean_dice(dice)
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+                   **{f"val_dice_{k}": v for k, v in dice.items()}, "val_dice_mean": mean, "lr": lr,
+                   "seconds": time.perf_counter() - t0, "steps": steps, "samples": int(total_n)}
+            history.append(row)
+            if math.isfinite(mean) and mean > best:
+                best, best_epoch = mean, epoch + 1
+                _save(out / "best.pt", {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1,
+                                        "model": net.state_dict(), "val_dice": dice, "val_dice_mean": mean})
+            _save(out / "last.pt", {
+                "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1,
+                "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "best_dice": best, "best_epoch": best_epoch,
+                "history": history, "rng": rngs, "sampler": {"seed": cfg.seed, "epoch": epoch + 1},
+                "world_size": info.world_size,
+            })
+            write_log(out / "log.csv", history)
+            plot_curves(out / "curves.png", history,
+                        f"{cfg.model}, width {cfg.width}, {cfg.image_size}×{cfg.image_size} slices — {out.name}")
+            organs = " ".join(f"{k[:4]} {v:.3f}" for k, v in dice.items() if math.isfinite(v))
+            console.print(f"epoch {epoch + 1:>3}/{cfg.epochs}  train {train_loss:.4f}  val {val_loss:.4f}  "
+                          f"dice {organs}  mean {mean:.3f}  lr {lr:.2e}  {row['seconds']:.1f} s", soft_wrap=True)
+        D.barrier(info)
+    if info.is_main:
+        console.print(f"done: best mean validation Dice {best:.3f} at epoch {best_epoch}; run folder {out}")
+    return out
+
+
+def _gather_rng(info: D.DistInfo) -> list[dict[str, Any]]:
+    """Every process's RNG state (rank order), collected on all processes."""
+    mine = _rng_state()
+    if not info.distributed:
+        return [mine]
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * info.world_size
+    dist.all_gather_object(states, mine)
+    return states
+
+
+#: Files of a run folder that are written atomically (a kill can leave their temporary siblings).
+RUN_FILES: tuple[str, ...] = ("config.yaml", "log.csv", "curves.png", "last.pt", "best.pt")
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete temporary siblings (``.last.pt.XXXX.tmp.pt``) left by a process killed mid-write."""
+    for name in RUN_FILES:
+        for tmp in out.glob(f".{name}.*.tmp*"):
+            tmp.unlink(missing_ok=True)
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def train_from_dict(data: dict[str, Any]) -> Path:
+    """Train from a resolved config mapping (e.g. a ``config.yaml``)."""
+    return train_2d(config_from_dict(data))
