@@ -26,6 +26,7 @@ Run: ``.venv/bin/python benchmarks/nnunet_arm.py [--work DIR] [--skip-overhead] 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
@@ -170,6 +171,7 @@ def bench_prediction(run: Path, images: Path, work: Path) -> dict[str, Any]:
         ours_dir, direct_dir = work / f"pred_ours_{key}", work / f"pred_direct_{key}"
         for d in (ours_dir, direct_dir):
             shutil.rmtree(d, ignore_errors=True)
+        direct_dir.mkdir(parents=True)
         t0 = time.perf_counter()
         api.predict_nnunet(run, images, ours_dir, tta=tta, postprocess=False)
         out[f"ours_{key}"] = (time.perf_counter() - t0) / len(cases)
@@ -194,9 +196,10 @@ def bench_prediction(run: Path, images: Path, work: Path) -> dict[str, Any]:
 
 def run_overhead(work: Path, cases: int, epochs: int, iterations: int) -> None:
     data = generate_cohort(work / "cohort_overhead", cases, size="small", seed=7)
-    pre = bench_preprocessing(data, work, nproc=2)
-    tr = bench_training(data, work, epochs, iterations)
-    pr = bench_prediction(tr["run"], data, work)
+    with (work / "nnunet_direct_stdout.log").open("w") as log, contextlib.redirect_stdout(log):
+        pre = bench_preprocessing(data, work, nproc=2)
+        tr = bench_training(data, work, epochs, iterations)
+        pr = bench_prediction(tr["run"], data, work)
     table = Table(title=f"nnU-Net arm: wrapper vs nnunetv2 directly ({cases} small phantoms, 2 processes)")
     for col in ("stage", "thoraxseg", "nnunetv2 directly", "ratio (target < 1.05)", "same result"):
         table.add_column(col)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from thoraxseg.losses import DEFAULT_CLASS_WEIGHTS, DiceCELoss, class_weight_vector, soft_dice_per_class
+from thoraxseg.losses.dice_ce import balanced_ce_weights
 
 # 16 pixels (1 × 4 × 4).  Target counts: bg 8, esophagus 2, heart 4, trachea 1, aorta 1.
 TARGET = [0] * 8 + [1, 1] + [2, 2, 2, 2] + [3] + [4]
@@ -109,3 +110,24 @@ def test_loss_is_bounded_and_differentiable(seed: int, n: int) -> None:
     value = loss(logits, target)
     value.backward()
     assert math.isfinite(value.detach().item()) and torch.isfinite(logits.grad).all()
+
+
+def test_cross_entropy_class_weights() -> None:
+    logits, target = _hard_logits()
+    w = [1.0, 2.0, 3.0, 4.0, 5.0]
+    loss = DiceCELoss(dice_weight=0.0, ce_weight=1.0, ce_class_weights=w)
+    # the wrong pixels (true esophagus, heart and background) have CE 100, weights 2, 3 and 1:
+    # weighted mean = (1·100 + 2·100 + 3·100) / Σ_i w[target_i] = 600 / (8·1 + 2·2 + 4·3 + 4 + 5)
+    assert float(loss(logits, target)) == pytest.approx(600 / 33, rel=1e-5)
+    assert float(loss(logits, target)) == pytest.approx(
+        float(F.cross_entropy(logits, target, weight=torch.tensor(w))), rel=1e-6)
+
+
+def test_balanced_weights_follow_inverse_sqrt_frequency() -> None:
+    labels = torch.tensor([0] * 900 + [1] * 9 + [2] * 81 + [4] * 10)  # trachea (3) absent
+    w = balanced_ce_weights(labels)
+    assert w[0] == 1.0
+    assert w[1] == pytest.approx(10.0, rel=1e-5)  # √(900 / 9)
+    assert w[2] == pytest.approx(10 / 3, rel=1e-5)  # √(900 / 81)
+    assert w[4] == pytest.approx(900**0.5 / 10**0.5, rel=1e-5)
+    assert w[3] == max(w)  # absent class: the largest present weight

@@ -259,7 +259,7 @@ def test_make_cpu_plans_reduces_network_and_keeps_data_settings() -> None:
     arch = cfg["architecture"]["arch_kwargs"]
     assert cfg["data_identifier"] == "nnUNetPlans_cpu_3d_fullres"
     assert cfg["spacing"] == [2.5, 0.8, 0.8] and cfg["batch_size"] == 2
-    assert all(p <= 64 for p in cfg["patch_size"])
+    assert all(p <= 32 for p in cfg["patch_size"])
     assert arch["features_per_stage"][0] == 16 and max(arch["features_per_stage"]) <= 128
     assert len(arch["strides"]) == len(arch["kernel_sizes"]) == arch["n_stages"] == len(arch["n_conv_per_stage"])
     assert cpu["thoraxseg_cpu_plan"]["nnunet_default"]["patch_size"] == [80, 192, 160]
@@ -277,8 +277,8 @@ def test_make_cpu_plans_reduces_network_and_keeps_data_settings() -> None:
 @given(spacing=st.lists(st.floats(0.5, 8.0), min_size=3, max_size=3),
        patch=st.lists(st.integers(8, 320), min_size=3, max_size=3))
 def test_cpu_patch_fits_the_cap_and_the_pooling(spacing: list[float], patch: list[int]) -> None:
-    new, strides, kernels = plans.cpu_patch_and_topology(spacing, patch)
-    assert all(p <= 64 for p in new)
+    new, strides, kernels = plans.cpu_patch_and_topology(spacing, patch, (48, 64, 64))
+    assert all(p <= m for p, m in zip(new, (48, 64, 64), strict=True))
     assert len(strides) == len(kernels)
     factor = np.prod(np.array(strides), axis=0)
     assert all(p % f == 0 for p, f in zip(new, factor, strict=True))

@@ -291,12 +291,13 @@ def fake_nnunet(monkeypatch: pytest.MonkeyPatch) -> dict:
 
 def test_nnunet3d_training_is_delegated(fake_nnunet: dict, tmp_path: Path) -> None:
     code = main(["train", "--model", "nnunet3d", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"),
-                 "--epochs", "5", "--folds", "all", "--iterations-per-epoch", "20", "--plans", "cpu"])
+                 "--epochs", "5", "--folds", "all", "--iterations-per-epoch", "20", "--plans", "cpu",
+                 "--seed", "3"])
     assert code == 0
     data, out, kw = fake_nnunet["train"]
     assert (data, out) == (tmp_path / "d", tmp_path / "r")
     assert kw == {"config": None, "epochs": 5, "device": "cpu", "folds": "all", "iterations_per_epoch": 20,
-                  "plans": "cpu"}
+                  "plans": "cpu", "seed": 3}
 
 
 def test_nnunet3d_prediction_is_delegated(fake_nnunet: dict, tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = train_overrides(args)
     if args.model == "nnunet3d":
-        unused = sorted(k for k in overrides if k not in NNUNET_OPTIONS)
+        unused = sorted(k for k in overrides if k not in (*NNUNET_OPTIONS, "seed"))
         if unused:
             raise ConfigError(f"option(s) {', '.join(unused)} apply to the 2D arms only, not nnunet3d")
     out = train(args.model, args.data, args.out, config=args.config, epochs=args.epochs, device=args.device,

@@ -59,6 +59,23 @@ def class_weight_vector(weights: Mapping[str, float] | Sequence[float] | None) -
     return vec
 
 
+def balanced_ce_weights(labels: torch.Tensor, num_classes: int = NUM_CLASSES) -> list[float]:
+    """Cross-entropy class weights ``∝ 1/√frequency`` of the labels, normalised to a background weight of 1.
+
+    Classes absent from ``labels`` get the largest weight of the present ones.
+
+    >>> balanced_ce_weights(torch.tensor([0] * 96 + [1] * 4), num_classes=2)
+    [1.0, 4.898979663848877]
+    """
+    counts = torch.bincount(labels.reshape(-1).long(), minlength=num_classes).double()
+    present = counts > 0
+    w = torch.zeros(num_classes, dtype=torch.float64)
+    w[present] = (counts[present] / counts.sum()).rsqrt()
+    if (~present).any():
+        w[~present] = w[present].max()
+    return (w / w[0] if w[0] > 0 else w / w[present].min()).float().tolist()
+
+
 def soft_dice_per_class(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Soft Dice ``D_c`` per class over the whole batch.
 
@@ -94,6 +111,10 @@ class DiceCELoss(nn.Module):
         Mixing coefficients ``a`` and ``b``.
     eps
         Dice smoothing.
+    ce_class_weights
+        Optional per-class weights of the cross-entropy (label order); ``None`` (the seed's
+        choice): unweighted. PyTorch normalises the weighted CE by the weights of the target
+        pixels, so only their ratios matter.
     """
 
     def __init__(
@@ -102,9 +123,13 @@ class DiceCELoss(nn.Module):
         dice_weight: float = 0.7,
         ce_weight: float = 0.3,
         eps: float = 1e-5,
+        ce_class_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.register_buffer("class_weights", class_weight_vector(class_weights))
+        self.ce_class_weights: torch.Tensor | None
+        self.register_buffer("ce_class_weights",
+                             None if ce_class_weights is None else torch.tensor(ce_class_weights, dtype=torch.float32))
         self.dice_weight = float(dice_weight)
         self.ce_weight = float(ce_weight)
         self.eps = float(eps)
@@ -117,7 +142,8 @@ class DiceCELoss(nn.Module):
             raise ValueError(f"{weights.numel()} Dice class weights for {logits.shape[1]} output channels")
         dice = soft_dice_per_class(torch.softmax(logits, dim=1), target, self.eps)
         dice_loss = (weights * (1 - dice)).sum() / weights.sum()
-        ce = F.cross_entropy(logits, target.long())
+        ce_w = None if self.ce_class_weights is None else self.ce_class_weights.to(logits.device)
+        ce = F.cross_entropy(logits, target.long(), weight=ce_w)
         return dice_loss, ce
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

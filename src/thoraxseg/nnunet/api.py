@@ -30,6 +30,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -86,6 +87,7 @@ DEFAULTS: dict[str, Any] = {
     "save_every": 1,
     "initial_lr": None,
     "batch_size": None,
+    "oversample_foreground": None,
     "final_validation": True,
     "check_integrity": True,
     "verbose": False,
@@ -185,6 +187,11 @@ def resolve_settings(config: Mapping[str, Any] | str | Path | None = None, **exp
         s["pools"] = "thread" if s["device"] == "cpu" else "process"
     if s["pools"] not in ("thread", "process"):
         raise ConfigError(f"pools must be thread or process, got {s['pools']!r}")
+    if s["oversample_foreground"] is None:  # nnU-Net's 0.33; every patch on an organ with the small CPU patch
+        s["oversample_foreground"] = 1.0 if s["plans"] == "cpu" else 0.33
+    if not 0 <= float(s["oversample_foreground"]) <= 1:
+        raise ConfigError(f"oversample_foreground must be in [0, 1], got {s['oversample_foreground']}")
+    s["oversample_foreground"] = float(s["oversample_foreground"])
     s["seed"] = int(s["seed"])
     s["dataset_id"] = int(s["dataset_id"])
     s["dataset_name"] = str(s["dataset_name"])
@@ -335,7 +342,6 @@ def _train_fold(fold: int | str, s: dict[str, Any], pre: Path, ident: str, run: 
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
     from thoraxseg.nnunet.trainer import find_checkpoint
-    from thoraxseg.utils.seeding import seed_everything
 
     fold_dir = results / f"fold_{fold}"
     ckpt = find_checkpoint(fold_dir, newest=True)
@@ -348,13 +354,20 @@ def _train_fold(fold: int | str, s: dict[str, Any], pre: Path, ident: str, run: 
         plans["configurations"][CONFIGURATION]["batch_size"] = int(s["batch_size"])
     plans["continue_training"] = ckpt is not None
     dataset_json = load_json(str(pre / "dataset.json"))
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    # Seeds only: torch's deterministic-algorithms mode costs ~10 % per step on CPU and nnU-Net does not use
+    # it (CPU convolutions are deterministic here anyway; the tests check same seed -> same weights).
+    # On CUDA, nnU-Net's own run_training() sets cudnn.benchmark; restored afterwards.
+    random.seed(s["seed"])
+    np.random.seed(s["seed"] % 2**32)  # noqa: NPY002 - nnU-Net samples with the global NumPy RNG
+    torch.manual_seed(s["seed"])
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.benchmark, cudnn.deterministic)
     try:
-        seed_everything(s["seed"])  # network initialisation; also asks torch for deterministic kernels
+        if s["device"] == "cuda":
+            cudnn.benchmark, cudnn.deterministic = True, False
         _run_trainer(fold, s, plans, dataset_json, ckpt, run, results, record)
     finally:
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        cudnn.benchmark, cudnn.deterministic = saved
 
 
 def _run_trainer(fold: int | str, s: dict[str, Any], plans: dict[str, Any], dataset_json: dict[str, Any],
@@ -381,7 +394,8 @@ def _run_trainer(fold: int | str, s: dict[str, Any], plans: dict[str, Any], data
 
     trainer.configure(num_epochs=s["epochs"], iterations_per_epoch=s["iterations_per_epoch"],
                       val_iterations_per_epoch=s["val_iterations_per_epoch"], save_every=s["save_every"],
-                      seed=s["seed"], initial_lr=s["initial_lr"], epoch_callback=on_epoch)
+                      seed=s["seed"], initial_lr=s["initial_lr"], epoch_callback=on_epoch,
+                      oversample_foreground=s["oversample_foreground"])
     start = 0
     if ckpt is not None:
         trainer.load_checkpoint(str(ckpt))

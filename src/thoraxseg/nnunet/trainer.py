@@ -75,8 +75,9 @@ class ThoraxsegTrainer(nnUNetTrainer):
         seed: int = 0,
         initial_lr: float | None = None,
         epoch_callback: EpochCallback | None = None,
+        oversample_foreground: float | None = None,
     ) -> None:
-        """Set run length, checkpoint frequency (epochs), seed and the per-epoch callback.
+        """Set run length, checkpoint frequency (epochs), seed, foreground oversampling and the epoch callback.
 
         Must be called before :meth:`initialize` (which :meth:`load_checkpoint` and
         :meth:`run_training` call), since nnU-Net sizes its poly learning-rate
@@ -93,6 +94,8 @@ class ThoraxsegTrainer(nnUNetTrainer):
         self.seed = int(seed)
         if initial_lr is not None:
             self.initial_lr = float(initial_lr)
+        if oversample_foreground is not None:  # fraction of each batch forced to contain an organ
+            self.oversample_foreground_percent = float(oversample_foreground)
         self.epoch_callback = epoch_callback
         self.logger.local_logger.plot_progress_png = self._throttled_progress_png(
             self.logger.local_logger.plot_progress_png)

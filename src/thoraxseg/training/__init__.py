@@ -1,7 +1,9 @@
 """Training of every arm: the 2D networks here, nnU-Net delegated to :mod:`thoraxseg.nnunet`.
 
->>> from thoraxseg.training import train  # doctest: +SKIP
->>> train("enet", Path("cohort"), Path("runs/enet"), epochs=20, image_size=128)  # doctest: +SKIP
+Example::
+
+    from thoraxseg.training import train
+    train("enet", Path("cohort"), Path("runs/enet"), epochs=20, image_size=128)
 """
 
 from __future__ import annotations

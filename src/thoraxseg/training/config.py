@@ -47,12 +47,17 @@ SCHEDULES: tuple[str, ...] = ("none", "cosine", "poly")
 
 @dataclass
 class LossConfig:
-    """``dice_weight · Dice + ce_weight · CE``; Dice weights per class name (see :mod:`thoraxseg.losses.dice_ce`)."""
+    """``dice_weight · Dice + ce_weight · CE``; Dice weights per class name (see :mod:`thoraxseg.losses.dice_ce`).
+
+    ``ce_balanced``: weight the cross-entropy by ``1/√frequency`` of each class in the training
+    slices (off in the seed; helps short runs find small organs such as the trachea).
+    """
 
     dice_weight: float = 0.7
     ce_weight: float = 0.3
     class_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CLASS_WEIGHTS))
     eps: float = 1e-5
+    ce_balanced: bool = False
 
 
 @dataclass
@@ -77,9 +82,10 @@ class AugmentConfig:
 
     Spatial (applied with probability ``prob``): rotation uniform in ``±rotation_deg``
     degrees, isotropic scaling uniform in ``scale``, translation uniform in
-    ``±translate`` × slice side. Intensity (always): contrast factor uniform in
-    ``intensity_scale``, offset uniform in ``±intensity_shift`` (normalised units;
-    0.05 = 50 HU with the window −1000…1000), Gaussian noise of ``noise_std`` (HU/1000). No flips:
+    ``±translate`` × slice side. Intensity (always): Gaussian noise of ``noise_std``
+    (HU/1000, i.e. 0.01 = 10 HU), then, on the windowed input, a contrast factor uniform in
+    ``intensity_scale`` and an offset uniform in ``±intensity_shift`` (window units;
+    0.05 = 50 HU with the window −1000…1000). No flips:
     a left-right flip moves heart and aortic arch to the wrong side and an
     anterior-posterior flip puts the heart behind the spine — neither is anatomy.
     """

@@ -46,7 +46,7 @@ from thoraxseg.data.layout import labelled_cases
 from thoraxseg.errors import ConfigError
 from thoraxseg.inference.predict2d import autocast_context, predict_slices
 from thoraxseg.labels import NUM_CLASSES, ORGAN_NAMES, ORGANS
-from thoraxseg.losses.dice_ce import DiceCELoss
+from thoraxseg.losses.dice_ce import DiceCELoss, balanced_ce_weights
 from thoraxseg.networks import build_model, count_parameters
 from thoraxseg.training import distributed as D
 from thoraxseg.training.config import TrainConfig, config_differences, config_from_dict, dump_yaml
@@ -308,7 +308,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> Path:
     model: torch.nn.Module = net
     if info.distributed:
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = DiceCELoss(cfg.loss.class_weights, cfg.loss.dice_weight, cfg.loss.ce_weight, cfg.loss.eps).to(device)
+    ce_weights = balanced_ce_weights(dataset.labels.cpu()) if cfg.loss.ce_balanced else None
+    loss_fn = DiceCELoss(cfg.loss.class_weights, cfg.loss.dice_weight, cfg.loss.ce_weight, cfg.loss.eps,
+                         ce_weights).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _Schedule(cfg))
