@@ -185,7 +185,8 @@ def test_resolve_settings_merges_config_and_arguments(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: nnunet3d\nnnunet:\n  plans: cpu\n  epochs: 7\n  seed: 3\n")
     s = api.resolve_settings(cfg, epochs=9)
-    assert (s["plans"], s["epochs"], s["seed"], s["iterations_per_epoch"]) == ("cpu", 9, 3, 20)
+    assert (s["plans"], s["epochs"], s["seed"], s["iterations_per_epoch"]) == ("cpu", 9, 3, 40)
+    assert (s["oversample_foreground"], s["final_validation"]) == (1.0, False)
     with pytest.raises(ConfigError, match="unknown nnunet3d setting"):
         api.resolve_settings({"epochz": 3})
     with pytest.raises(ConfigError, match="model 'enet'"):
@@ -209,7 +210,7 @@ def test_train_rejects_cuda_without_gpu_and_empty_data(tmp_path: Path) -> None:
 
 
 def test_predict_rejects_a_folder_that_is_not_an_nnunet_run(tmp_path: Path, cohort: Path) -> None:
-    with pytest.raises(InputError, match=r"config\.yaml: file not found"):
+    with pytest.raises(InputError, match=r"config\.yaml: not a training run folder"):
         api.predict_nnunet(tmp_path, cohort, tmp_path / "pred")
     (tmp_path / "config.yaml").write_text("model: enet\n")
     with pytest.raises(InputError, match="not an nnunet3d run"):

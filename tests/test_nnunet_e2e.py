@@ -32,7 +32,7 @@ from thoraxseg.nnunet.runlog import LOG_COLUMNS, read_log_csv
 pytestmark = pytest.mark.slow
 
 SETTINGS = {"plans": "cpu", "folds": "0", "epochs": 3, "iterations_per_epoch": 3, "val_iterations_per_epoch": 1,
-            "seed": 0}
+            "seed": 0, "final_validation": True}
 FOLD = Path("nnunet/nnUNet_results/Dataset055_SegTHOR/ThoraxsegTrainer__nnUNetPlans_cpu__3d_fullres/fold_0")
 
 _TRAIN_SCRIPT = """

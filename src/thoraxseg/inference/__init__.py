@@ -10,8 +10,14 @@ import yaml
 from thoraxseg.errors import InputError
 
 
-def run_model_name(run: Path) -> str:
-    """The ``model:`` of ``RUN/config.yaml``; raises InputError when the run folder is unusable."""
+def load_run_config(run: str | Path) -> dict[str, Any]:
+    """``RUN/config.yaml`` of a training run as a mapping with a ``model:`` entry.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, or no ``model:`` entry.
+    """
     path = Path(run) / "config.yaml"
     if not path.is_file():
         raise InputError(path, "not a training run folder (config.yaml missing)")
@@ -21,7 +27,12 @@ def run_model_name(run: Path) -> str:
         raise InputError(path, f"not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), str):
         raise InputError(path, "no 'model:' entry")
-    return cfg["model"].lower()
+    return cfg
+
+
+def run_model_name(run: Path) -> str:
+    """The ``model:`` of ``RUN/config.yaml`` (lower case); raises InputError when the run folder is unusable."""
+    return str(load_run_config(run)["model"]).lower()
 
 
 def predict(run: Path, images: Path, out: Path, postprocess: bool = True, device: str = "cpu",
@@ -55,4 +66,4 @@ def predict(run: Path, images: Path, out: Path, postprocess: bool = True, device
     raise InputError(Path(run) / "config.yaml", f"unknown model {model!r}")
 
 
-__all__ = ["predict", "run_model_name"]
+__all__ = ["load_run_config", "predict", "run_model_name"]

@@ -66,7 +66,7 @@ CURVES_EVERY_S = 30.0
 #: (epochs, iterations per epoch, validation iterations per epoch) when not given.
 RUN_LENGTH: dict[str, tuple[int, int, int]] = {
     "default": (1000, 250, 50),  # nnU-Net's own
-    "cpu": (40, 20, 4),  # ~4 min on 2 CPU cores for the small phantom (see docs)
+    "cpu": (25, 40, 4),  # 1000 steps of the 32³ CPU plan: a few minutes on 2 cores (see docs/readme/60-nnunet.md)
 }
 
 #: Settings a config file/dict may hold (``model`` and the derived ``resolved``/``versions`` are also accepted).
@@ -88,7 +88,7 @@ DEFAULTS: dict[str, Any] = {
     "initial_lr": None,
     "batch_size": None,
     "oversample_foreground": None,
-    "final_validation": True,
+    "final_validation": None,
     "check_integrity": True,
     "verbose": False,
 }
@@ -159,8 +159,8 @@ def resolve_settings(config: Mapping[str, Any] | str | Path | None = None, **exp
     """Merge defaults < config < explicit arguments (None = not given) and fill plan-dependent defaults.
 
     >>> s = resolve_settings(None, plans="cpu", folds="all")
-    >>> s["folds"], s["epochs"], s["iterations_per_epoch"], s["num_workers"], s["pools"]
-    (['all'], 40, 20, 0, 'thread')
+    >>> s["folds"], s["epochs"], s["iterations_per_epoch"], s["num_workers"], s["pools"], s["final_validation"]
+    (['all'], 25, 40, 0, 'thread', False)
     """
     s = dict(DEFAULTS)
     s.update(_load_config(config))
@@ -187,6 +187,9 @@ def resolve_settings(config: Mapping[str, Any] | str | Path | None = None, **exp
         s["pools"] = "thread" if s["device"] == "cpu" else "process"
     if s["pools"] not in ("thread", "process"):
         raise ConfigError(f"pools must be thread or process, got {s['pools']!r}")
+    if s["final_validation"] is None:  # nnU-Net's whole-volume validation with mirroring: minutes on a CPU
+        s["final_validation"] = s["plans"] != "cpu"
+    s["final_validation"] = bool(s["final_validation"])
     if s["oversample_foreground"] is None:  # nnU-Net's 0.33; every patch on an organ with the small CPU patch
         s["oversample_foreground"] = 1.0 if s["plans"] == "cpu" else 0.33
     if not 0 <= float(s["oversample_foreground"]) <= 1:
@@ -234,15 +237,12 @@ def read_run_config(run: str | Path) -> dict[str, Any]:
     InputError
         Missing/unreadable file or another model.
     """
+    from thoraxseg.inference import load_run_config
+
     path = Path(run) / "config.yaml"
-    if not path.is_file():
-        raise InputError(path, "file not found (not a training run folder)")
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise InputError(path, f"invalid YAML ({exc})".replace("\n", " ")) from None
-    if not isinstance(cfg, dict) or cfg.get("model") != MODEL:
-        raise InputError(path, f"not an {MODEL} run (model: {cfg.get('model') if isinstance(cfg, dict) else '?'})")
+    cfg = load_run_config(run)
+    if cfg.get("model") != MODEL:
+        raise InputError(path, f"not an {MODEL} run (model: {cfg.get('model')})")
     return cfg
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from thoraxseg.errors import InputError
-from thoraxseg.utils.atomic import write_text_atomic
+from thoraxseg.utils.atomic import json_default, write_text_atomic
 
 
 @dataclass
@@ -119,7 +119,7 @@ def save_transform(content: dict[str, Any], path: str | Path) -> None:
     >>> json.loads(p.read_text())["label"]
     2
     """
-    text = json.dumps(content, indent=2, allow_nan=False, default=_json_default)
+    text = json.dumps(content, indent=2, allow_nan=False, default=json_default)
     text = _FLAT_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
     write_text_atomic(path, text + "\n")
 
@@ -127,12 +127,3 @@ def save_transform(content: dict[str, Any], path: str | Path) -> None:
 #: An innermost JSON list of numbers spread over several lines by ``json.dumps(indent=...)``.
 _FLAT_LIST = re.compile(r"\[\s*((?:-?[0-9][0-9.eE+-]*\s*,\s*)*-?[0-9][0-9.eE+-]*)\s*\]")
 
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -75,10 +75,11 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 def write_json_atomic(path: str | Path, obj: Any, indent: int = 2) -> None:
     """Write ``obj`` as JSON (NaN/inf rejected) atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=indent, allow_nan=False, default=_json_default) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=indent, allow_nan=False, default=json_default) + "\n")
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=...)`` hook: NumPy scalars/arrays and paths as plain JSON values."""
     import numpy as np
 
     if isinstance(obj, np.generic):
