@@ -66,7 +66,7 @@ CURVES_EVERY_S = 30.0
 #: (epochs, iterations per epoch, validation iterations per epoch) when not given.
 RUN_LENGTH: dict[str, tuple[int, int, int]] = {
     "default": (1000, 250, 50),  # nnU-Net's own
-    "cpu": (25, 40, 4),  # 1000 steps of the 32³ CPU plan: a few minutes on 2 cores (see docs/readme/60-nnunet.md)
+    "cpu": (25, 40, 4),  # 1000 steps of the 32³ CPU plan: a few minutes on 2 cores (see README, nnU-Net section)
 }
 
 #: Settings a config file/dict may hold (``model`` and the derived ``resolved``/``versions`` are also accepted).
