@@ -186,7 +186,7 @@ def test_resolve_settings_merges_config_and_arguments(tmp_path: Path) -> None:
     cfg.write_text("model: nnunet3d\nnnunet:\n  plans: cpu\n  epochs: 7\n  seed: 3\n")
     s = api.resolve_settings(cfg, epochs=9)
     assert (s["plans"], s["epochs"], s["seed"], s["iterations_per_epoch"]) == ("cpu", 9, 3, 40)
-    assert (s["oversample_foreground"], s["final_validation"]) == (1.0, False)
+    assert (s["oversample_foreground"], s["final_validation"]) == (0.33, False)  # nnU-Net's sampling
     with pytest.raises(ConfigError, match="unknown nnunet3d setting"):
         api.resolve_settings({"epochz": 3})
     with pytest.raises(ConfigError, match="model 'enet'"):
@@ -393,3 +393,22 @@ def test_find_checkpoint_order(tmp_path: Path) -> None:
     assert find_checkpoint(tmp_path).name == "checkpoint_final.pth"  # prediction keeps nnU-Net's order
     with pytest.raises(ConfigError):
         find_checkpoint(tmp_path, prefer="newest")
+
+
+def test_cli_prepare_plans_and_preprocesses_without_training(cohort: Path, tmp_path: Path) -> None:
+    before = {k: v for k, v in os.environ.items() if k.startswith("nnUNet")}
+    run = tmp_path / "run"
+    assert main(["nnunet", "prepare", "--data", str(cohort), "--out", str(run), "--plans", "cpu"]) == 0
+    pre = run / "nnunet" / "nnUNet_preprocessed" / "Dataset055_SegTHOR"
+    cpu = json.loads((pre / "nnUNetPlans_cpu.json").read_text())
+    assert cpu["plans_name"] == "nnUNetPlans_cpu" and "thoraxseg_cpu_plan" in cpu
+    assert len(list((pre / "nnUNetPlans_cpu_3d_fullres").glob("*_seg.b2nd"))) == 3
+    splits = json.loads((pre / "splits_final.json").read_text())
+    assert len(splits) == 3 and all(len(s["val"]) == 1 for s in splits)  # k = min(5, cases)
+    cfg = api.read_run_config(run)
+    assert cfg["resolved"]["plans_identifier"] == "nnUNetPlans_cpu"
+    assert not (run / "nnunet" / "nnUNet_results" / "Dataset055_SegTHOR").exists()
+    assert {k: v for k, v in os.environ.items() if k.startswith("nnUNet")} == before
+    marker = (run / "nnunet" / "prepared.json").read_text()
+    api.prepare_nnunet(cohort, run, plans="cpu")  # prepared already: nothing redone
+    assert (run / "nnunet" / "prepared.json").read_text() == marker

@@ -217,3 +217,28 @@ def test_fixture_metrics_are_consistent() -> None:
     assert all(r["dice"] == 1.0 and r["hd95"] == 0.0 for r in perfect)
     worse = case_metrics(lab, fake_prediction(lab, "enet", 0), (4.0, 4.0, 7.0))
     assert all(0 < r["dice"] < 1 for r in worse)
+
+
+def test_headline_marks_distance_means_of_an_arm_that_missed_an_organ(tmp_path: Path) -> None:
+    from thoraxseg.report.html import _Report
+    from thoraxseg.report.study import Study
+
+    rows = []
+    for pid in ("Patient_01", "Patient_02", "Patient_03"):
+        for organ, good, missed_hd in (("esophagus", 8.0, None), ("heart", 6.0, 2.0), ("trachea", 5.0, None),
+                                       ("aorta", 7.0, 2.0)):
+            rows.append({"arm": "full", "patient": pid, "organ": organ, "dice": 0.8, "hd95": good, "assd": 1.5,
+                         "vol_gt_ml": 50.0})
+            rows.append({"arm": "partial", "patient": pid, "organ": organ, "dice": 0.9 if missed_hd else 0.0,
+                         "hd95": missed_hd if missed_hd else np.nan, "assd": 0.5 if missed_hd else np.nan,
+                         "vol_gt_ml": 50.0})
+    df = pd.DataFrame(rows)
+    metrics = {a: df[df["arm"] == a].drop(columns="arm").reset_index(drop=True) for a in ("full", "partial")}
+    report = _Report(Study(root=tmp_path, arms=list(metrics), metrics=metrics))
+    report.stats = pd.DataFrame()  # no statistics needed for the table
+    html = report.headline_table()
+    rows_html = {m.group(1): m.group(0) for m in re.finditer(r"<tr><td class=\"l\"><b>(\w+)</b>.*?</tr>", html)}
+    # the partial arm's HD95 mean (2.00) is lower, but it is marked and the full arm's 6.50 is the column's best
+    assert "2.00 ± 0.00 †" in rows_html["partial"] and '<td class="best">6.50' in rows_html["full"]
+    assert "partial: esophagus, trachea missed" in html
+    assert "†" not in rows_html["full"]

@@ -71,8 +71,9 @@ def test_tiny_study_runs_every_stage_and_resumes(tmp_path: Path, capsys) -> None
     html = (study / "report.html").read_text()
     assert html.count("<img") >= 8 and "http://" not in html and "https://" not in html
 
-    # resume: a finished study skips everything; a removed stage (and what follows it) re-runs
-    assert main(["study", "--config", str(cfg), "--out", str(study)]) == 0
+    # resume: a finished study skips everything (another thread count is not another study);
+    # a removed stage (and what follows it) re-runs
+    assert main(["study", "--config", str(cfg), "--out", str(study), "--threads", "1"]) == 0
     out = capsys.readouterr().out
     ran = [ln for ln in out.splitlines() if "study: " in ln and "already complete" not in ln]
     assert ran == [] and out.count("already complete") == 4 + 3 * 3 + 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from thoraxseg.errors import ConfigError
 from thoraxseg.study import load_study_config, run_study
 from thoraxseg.utils.progress import console
 
@@ -19,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="study folder (default: runs/<name>)")
     p.add_argument("--force", action="store_true", help="re-run every stage")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="override the config's device")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for every stage (overrides the config; default: one per core)")
     p.set_defaults(func=run)
 
 
@@ -26,6 +29,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_study_config(args.config)
     if args.device:
         config.device = args.device
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        config.threads = args.threads
     out = args.out or Path("runs") / config.name
     report = run_study(config, out, force=args.force)
     console.print(f"[bold green]report:[/bold green] {report.resolve()}")

@@ -25,10 +25,10 @@ preprocessed arrays) and changes only the network and batch:
 * only the ``3d_fullres`` configuration is kept.
 
 The changes are also written into the plans JSON under ``"thoraxseg_cpu_plan"``.
-One trainer setting goes with the plan (see :mod:`thoraxseg.nnunet.api`): every
-training patch is centred on an organ voxel (``oversample_foreground_percent``
-1.0 instead of nnU-Net's 0.33), since with a small patch most random crops of
-a thorax hold no organ and a CPU cannot afford the wasted steps.
+Training keeps nnU-Net's foreground sampling (one patch of each batch of 2 on
+an organ, one anywhere): centring every patch on an organ learns faster but
+leaves the network blind to the thorax far from the organs, where it then
+predicts large false organs on whole volumes.
 """
 
 from __future__ import annotations

@@ -235,6 +235,21 @@ def _organ_values(df: pd.DataFrame, organ: str, metric: str) -> np.ndarray:
     return df.loc[df["organ"] == organ, metric].to_numpy(dtype=np.float64)
 
 
+def _missed_surface_organs(df: pd.DataFrame) -> list[str]:
+    """Organs with a GT but no HD95 in some patient (the arm predicted none of it there).
+
+    >>> df = pd.DataFrame({"patient": ["P1", "P1"], "organ": ["heart", "trachea"],
+    ...                    "hd95": [5.0, np.nan], "vol_gt_ml": [500.0, 20.0]})
+    >>> _missed_surface_organs(df)
+    ['trachea']
+    """
+    if "hd95" not in df.columns:
+        return []
+    has_gt = df["vol_gt_ml"].fillna(0) > 0 if "vol_gt_ml" in df.columns else pd.Series(True, index=df.index)
+    gone = df[has_gt & df["hd95"].isna()]
+    return [o for o in ORGAN_NAMES if o in set(gone["organ"])]
+
+
 def _per_patient_mean_dice(df: pd.DataFrame) -> pd.Series:
     return df.pivot(index="patient", columns="organ", values="dice").mean(axis=1, skipna=True).dropna()
 
@@ -367,9 +382,13 @@ class _Report:
         cols = [(o, "dice") for o in ORGAN_NAMES] + [(MEAN, "dice"), (MEAN, "hd95"), (MEAN, "assd")]
         means = {arm: [float(np.nanmean(v)) if np.isfinite(v := _organ_values(df, o, m)).any() else np.nan
                        for o, m in cols] for arm, df in metrics.items()}
+        # A missed organ has no surface, hence no HD95/ASSD: the mean over the remaining organs is not
+        # comparable with an arm that found every organ, so it is marked † and never the column's best.
+        missed = {arm: _missed_surface_organs(df) for arm, df in metrics.items()}
         best = []
-        for j, (_o, m) in enumerate(cols):
-            vals = np.array([means[a][j] for a in metrics])
+        for j, (o, m) in enumerate(cols):
+            partial = o == MEAN and m in ("hd95", "assd")
+            vals = np.array([np.nan if partial and missed[a] else means[a][j] for a in metrics])
             best.append(-1 if not np.isfinite(vals).any() else
                         int(np.nanargmax(vals) if HIGHER_IS_BETTER[m] else np.nanargmin(vals)))
         rows = []
@@ -377,15 +396,20 @@ class _Report:
             cells = [f'<td class="l"><b>{esc(arm)}</b></td>']
             for j, (o, m) in enumerate(cols):
                 cls = ' class="best"' if best[j] == i and len(metrics) > 1 else ""
-                cells.append(f"<td{cls}>{esc(_mean_sd(_organ_values(df, o, m), m))}</td>")
+                mark = " †" if o == MEAN and m in ("hd95", "assd") and missed[arm] else ""
+                cells.append(f"<td{cls}>{esc(_mean_sd(_organ_values(df, o, m), m))}{mark}</td>")
             rows.append(cells)
         head = ('<thead><tr class="group"><th></th><th colspan="5">Dice</th><th colspan="2">mean of organs (mm)</th>'
                 '</tr><tr><th class="l">arm</th>' + "".join(f"<th>{esc(o)}</th>" for o in ORGAN_NAMES)
                 + "<th>mean</th><th>HD95</th><th>ASSD</th></tr></thead>")
         body = "".join(f"<tr>{''.join(r)}</tr>" for r in rows)
         table = f'<div class="tablewrap"><table>{head}<tbody>{body}</tbody></table></div>'
-        return table + '<p class="small muted">mean ± sd over test patients; best arm per column in green.</p>' \
-            + self.headline_sentence()
+        note = "mean ± sd over test patients; best arm per column in green."
+        notes = [f"{esc(a)}: {esc(', '.join(o))}" for a, o in missed.items() if o]
+        if notes:
+            note += (" † mean over the organs the arm found: a missed organ has no surface distance ("
+                     + "; ".join(notes) + " missed in at least one patient), so these means are not compared.")
+        return table + f'<p class="small muted">{note}</p>' + self.headline_sentence()
 
     def headline_sentence(self) -> str:
         self.ensure_stats()
@@ -395,7 +419,8 @@ class _Report:
         if not scores:
             return ""
         best = max(scores, key=lambda a: scores[a])
-        parts = [f"<b>{esc(best)}</b> has the highest mean Dice over organs ({scores[best]:.3f})."]
+        lead = f"<b>{esc(best)}</b> has the highest mean Dice over organs ({scores[best]:.3f})."
+        versus: list[str] = []
         st = self.stats
         if st is not None and len(st):
             sel = st[(st["metric"] == "dice") & (st["organ"] == MEAN)
@@ -406,8 +431,9 @@ class _Report:
                 d, lo, hi = (sign * float(r["mean_diff"]), sign * float(r["ci_low"]), sign * float(r["ci_high"]))
                 lo, hi = min(lo, hi), max(lo, hi)
                 mark = str(r.get("mark", ""))
-                parts.append(f"vs {esc(other)}: Δ {d:+.3f} [{lo:.3f}, {hi:.3f}], {esc(r['test'])}, "
-                             f"Holm p = {esc(format_p(float(r['p_holm'])))} ({esc(mark)}).")
+                versus.append(f"vs {esc(other)} Δ {d:+.3f} [95 % CI {lo:.3f}, {hi:.3f}], {esc(r['test'])}, "
+                              f"Holm p = {esc(format_p(float(r['p_holm'])))} ({esc(mark)})")
+        parts = [lead] + ([f"Mean Dice difference {'; '.join(versus)}."] if versus else [])
         return f'<p class="headline">{" ".join(parts)}</p>' + self.shift_findings()
 
     def shift_findings(self, limit: int = 3) -> str:

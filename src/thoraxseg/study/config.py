@@ -68,6 +68,9 @@ class StudyConfig:
     postprocess: bool = True
     tolerance_mm: float = 2.0
     workers: int = 2
+    #: torch CPU threads for every stage (``None``: torch's default, one per core). On a machine whose
+    #: other cores are busy, fewer threads than cores avoid torch's thread pool thrashing.
+    threads: int | None = None
     n_boot: int = 2000
     unpaired: bool = False
     source: str | None = None  #: the file it was read from
@@ -77,7 +80,7 @@ class StudyConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{source or 'study config'}: expected a mapping at the top level")
         known = {"name", "seed", "device", "data", "realign", "arms", "postprocess", "tolerance_mm", "workers",
-                 "n_boot", "unpaired"}
+                 "threads", "n_boot", "unpaired"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"{source or 'study config'}: unknown keys: {', '.join(unknown)}")
@@ -102,11 +105,14 @@ class StudyConfig:
         device = str(raw.get("device", "cpu"))
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"device must be cpu or cuda, not {device!r}")
+        threads = raw.get("threads")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"{source or 'study config'}: threads must be a positive integer, not {threads!r}")
         return cls(
             name=str(raw.get("name", "study")), seed=int(raw.get("seed", 0)), device=device, data=data,
             realign=realign, arms=arms, postprocess=bool(raw.get("postprocess", True)),
             tolerance_mm=float(raw.get("tolerance_mm", 2.0)), workers=int(raw.get("workers", 2)),
-            n_boot=int(raw.get("n_boot", 2000)), unpaired=bool(raw.get("unpaired", False)), source=source,
+            threads=threads, n_boot=int(raw.get("n_boot", 2000)), unpaired=bool(raw.get("unpaired", False)), source=source,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -240,6 +240,11 @@ def _stage_report(study: Study) -> dict[str, Any]:
     return {"report": str(out)}
 
 
+def _without_threads(d: dict[str, Any]) -> dict[str, Any]:
+    """A study config without ``threads`` (a speed setting: changing it does not invalidate a study)."""
+    return {k: v for k, v in d.items() if k != "threads"}
+
+
 def planned_stages(config: StudyConfig) -> list[str]:
     """The stage names of a study, in execution order."""
     stages = ["data", "check", "realign", "split"]
@@ -266,9 +271,15 @@ def run_study(config: StudyConfig, out: str | Path, force: bool = False) -> Path
     cfg_file = study.root / "study.yaml"
     if force and study.markers.exists():
         shutil.rmtree(study.markers)
-    if cfg_file.exists() and cfg_file.read_text() != resolved and study.markers.exists() and not force:
-        raise ConfigError(f"{study.root}: holds a study with another configuration (use --force or a new --out)")
+    if cfg_file.exists() and study.markers.exists() and not force:
+        before = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+        if _without_threads(before) != _without_threads(config.to_dict()):
+            raise ConfigError(f"{study.root}: holds a study with another configuration (use --force or a new --out)")
     write_text_atomic(cfg_file, resolved)
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "data": lambda: _stage_data(study),
         "check": lambda: _stage_check(study),
