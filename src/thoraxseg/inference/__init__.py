@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from thoraxseg.errors import InputError
+from thoraxseg.utils.yamlfile import read_yaml_mapping
 
 
 def load_run_config(run: str | Path) -> dict[str, Any]:
@@ -19,13 +18,8 @@ def load_run_config(run: str | Path) -> dict[str, Any]:
         Missing or unreadable file, or no ``model:`` entry.
     """
     path = Path(run) / "config.yaml"
-    if not path.is_file():
-        raise InputError(path, "not a training run folder (config.yaml missing)")
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise InputError(path, f"not valid YAML ({' '.join(str(exc).split())})") from None
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), str):
+    cfg = read_yaml_mapping(path, error=InputError, missing="not a training run folder (config.yaml missing)")
+    if not isinstance(cfg.get("model"), str):
         raise InputError(path, "no 'model:' entry")
     return cfg
 

@@ -55,6 +55,7 @@ from thoraxseg.nnunet.plans import (
 from thoraxseg.nnunet.runlog import plot_curves, read_log_csv, rows_from_logger, write_log_csv
 from thoraxseg.utils.atomic import write_json_atomic, write_text_atomic
 from thoraxseg.utils.progress import err_console, make_progress, track
+from thoraxseg.utils.yamlfile import read_yaml_mapping
 
 MODEL = "nnunet3d"
 TRAINER_NAME = "ThoraxsegTrainer"
@@ -132,16 +133,7 @@ def _load_config(config: Mapping[str, Any] | str | Path | None) -> dict[str, Any
     if config is None:
         return {}
     if isinstance(config, str | Path):
-        path = Path(config)
-        if not path.is_file():
-            raise InputError(path, "config file not found")
-        try:
-            content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(path, f"invalid YAML ({exc})".replace("\n", " ")) from None
-        if not isinstance(content, dict):
-            raise InputError(path, "config must be a mapping")
-        config = content
+        config = read_yaml_mapping(config, error=InputError)
     cfg = dict(config)
     for section in ("nnunet3d", "nnunet"):
         if isinstance(cfg.get(section), Mapping):

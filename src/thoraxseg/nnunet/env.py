@@ -157,6 +157,15 @@ def default_processes() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+def _set_environ(variables: dict[str, str | None]) -> None:
+    """Set each variable; ``None`` removes it."""
+    for key, value in variables.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @contextlib.contextmanager
 def scoped_env(**variables: str | None) -> Iterator[None]:
     """Set (or, with None, unset) environment variables for a ``with`` block, then restore them.
@@ -170,18 +179,10 @@ def scoped_env(**variables: str | None) -> Iterator[None]:
     """
     saved = {k: os.environ.get(k) for k in variables}
     try:
-        for key, value in variables.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environ(variables)
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environ(saved)
 
 
 @contextlib.contextmanager

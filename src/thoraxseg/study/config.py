@@ -17,10 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from thoraxseg.errors import ConfigError
 from thoraxseg.labels import organ_from_name
+from thoraxseg.utils.yamlfile import read_yaml_mapping
 
 ARM_MODELS = ("enet", "customnet", "nnunet3d")
 
@@ -124,13 +123,8 @@ class StudyConfig:
 def load_study_config(path: str | Path) -> StudyConfig:
     """Read and validate a study YAML file."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: study config not found")
+    raw = read_yaml_mapping(p, missing="study config not found")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from None
-    try:
-        return StudyConfig.from_dict(raw or {}, base_dir=p.parent, source=str(p))
+        return StudyConfig.from_dict(raw, base_dir=p.parent, source=str(p))
     except TypeError as exc:  # unknown key inside a section
         raise ConfigError(f"{p}: {exc}") from None

@@ -39,6 +39,7 @@ import yaml
 from thoraxseg.errors import ConfigError
 from thoraxseg.losses import DEFAULT_CLASS_WEIGHTS
 from thoraxseg.networks import MODELS_2D, SIZE_MULTIPLE
+from thoraxseg.utils.yamlfile import read_yaml_mapping
 
 #: Every model name ``thoraxseg train`` accepts (nnunet3d is delegated to thoraxseg.nnunet).
 MODEL_NAMES: tuple[str, ...] = (*MODELS_2D, "nnunet3d")
@@ -194,18 +195,7 @@ def _plain(obj: Any) -> Any:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; raises :class:`ConfigError` naming the file when it is unusable."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping of settings, got {type(data).__name__}")
-    return data
+    return read_yaml_mapping(path)
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
