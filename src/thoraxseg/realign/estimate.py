@@ -96,6 +96,11 @@ _POLISH_BAND_VOX = 1.0  # the overlap polish uses band points within this many (
 _POLISH_PULL = 5.0  # tie-breaking pull towards the least-squares estimate (counts per unit²)
 _POLISH_XTOL = 0.02  # Powell tolerance, in units of ~1 voxel of surface motion
 _POLISH_MAX_EVALS = 400
+# The least-squares estimate is rounded to this grid (radians, mm) before the polish. Its last digits
+# depend on the BLAS/LAPACK kernel and thread count (SVD, QR in scipy's trust-region solver); the
+# polish minimises a piecewise-constant count, so a difference of 1e-12 there could send it to another
+# point of a flat optimum. 1e-6 rad moves a surface 100 mm from the centre by 0.1 µm.
+_QUANTUM = np.r_[np.full(3, 1e-6), np.full(3, 1e-5)]
 
 
 # ----------------------------------------------------------------------------- public API
@@ -525,6 +530,7 @@ def _estimate_sweep(moved: np.ndarray, clean: np.ndarray, spacing: np.ndarray, s
         x = res.x
         if np.all(step[:3] * radius_mm < 0.01) and np.all(step[3:] < 0.01):
             break
+    x = np.round(x / _QUANTUM) * _QUANTUM  # machine-independent start for the polish
     x_distance = x.copy()
     timings["refine_s"] = time.perf_counter() - t
 
