@@ -22,9 +22,15 @@ from thoraxseg.training.config import dump_yaml, resolve_config
 from thoraxseg.training.trainer import CHECKPOINT_FORMAT
 
 
-def make_run(run: Path, model: str = "enet", width: int = 4, image_size: int = 64, seed: int = 0) -> Path:
-    """A run folder holding an untrained network (enough to test geometry and plumbing)."""
-    cfg = resolve_config({"model": model, "width": width, "image_size": image_size})
+def make_run(run: Path, model: str = "enet", width: int = 4, image_size: int = 64, seed: int = 0,
+             spacing_mm: float | None = 3.0) -> Path:
+    """A run folder holding an untrained network (enough to test geometry and plumbing).
+
+    ``spacing_mm=None`` makes a square-resize run (``preprocessing: square``).
+    """
+    settings = {"model": model, "width": width, "image_size": image_size}
+    settings.update({"spacing_mm": spacing_mm} if spacing_mm is not None else {"preprocessing": "square"})
+    cfg = resolve_config(settings)
     torch.manual_seed(seed)
     net = build_model(model, width=width)
     run.mkdir(parents=True, exist_ok=True)

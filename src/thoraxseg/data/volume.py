@@ -143,6 +143,32 @@ def load_volume(path: str | Path) -> Volume:
     return Volume(np.ascontiguousarray(array), affine, img.header.copy(), p)
 
 
+def read_grid(path: str | Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """Shape ``(X, Y, Z)`` and voxel size (mm) of a NIfTI file from its header alone (no voxel data read).
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, or not 3D.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, "file not found")
+    try:
+        img = nib.load(str(p))
+        shape = tuple(int(v) for v in img.shape)
+        affine = img.affine
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError,
+            nib.filebasedimages.ImageFileError) as exc:
+        raise InputError(p, f"unreadable NIfTI header ({exc})") from None
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3 or affine is None:
+        raise InputError(p, f"expected a 3D volume with a geometry, got shape {shape}")
+    spacing = tuple(float(round(v, 6)) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+    return shape, spacing  # type: ignore[return-value]
+
+
 def load_image(path: str | Path) -> Volume:
     """Read a CT volume (HU). Rejects NaN/inf voxels and empty (all-constant) volumes."""
     vol = load_volume(path)

@@ -1,18 +1,21 @@
 """Slice-wise prediction of the 2D arms, stitched into a volume with the source geometry.
 
-Each axial slice ``array[:, :, k]`` (``(x, y, z)`` order) is padded to square, resized to
-the network's input size and windowed exactly as in training
-(:mod:`thoraxseg.training.data2d`); the softmax probabilities are resized back to the
-source in-plane size (bilinear) and cropped *before* the arg-max, and the labels
-``(x, y)`` are written into slice ``k`` of a uint8 volume on the source grid. Slices go
-through the network in batches. Connected-component post-processing
+Each axial slice ``array[:, :, k]`` (``(x, y, z)`` order) is resampled to the run's pixel
+size ``spacing_mm``, padded with air to at least the training crop size and windowed exactly
+as in training (:mod:`thoraxseg.training.data2d`); the whole resampled slice goes through the
+network (fully convolutional: nothing of the scan is cut away, whatever its field of view).
+The softmax probabilities are cropped and resampled back to the source in-plane size
+(bilinear) *before* the arg-max, and the labels ``(x, y)`` are written into slice ``k`` of a
+uint8 volume on the source grid. Runs made before 0.2 (no ``preprocessing`` in their config)
+use their square resize, with a note. Slices go through the network in batches.
+Connected-component post-processing
 (:func:`~thoraxseg.inference.postprocess.keep_largest_component`) is on by default.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,16 @@ from thoraxseg.data.layout import discover_cases
 from thoraxseg.data.volume import load_image, save_label
 from thoraxseg.errors import InputError
 from thoraxseg.inference.postprocess import keep_largest_component
-from thoraxseg.networks import build_model
-from thoraxseg.training.data2d import SliceGeometry, apply_windows, from_network_grid, volume_to_slices
-from thoraxseg.utils.progress import make_progress
+from thoraxseg.networks import SIZE_MULTIPLE, build_model
+from thoraxseg.training.data2d import (
+    Geometry,
+    apply_windows,
+    from_network_grid,
+    grid_text,
+    slice_geometry,
+    volume_to_slices,
+)
+from thoraxseg.utils.progress import console, make_progress
 
 
 def autocast_context(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
@@ -40,7 +50,7 @@ def autocast_context(device: torch.device, amp: bool) -> contextlib.AbstractCont
 def predict_slices(
     model: nn.Module,
     slices: torch.Tensor,
-    geometry: SliceGeometry,
+    geometry: Geometry,
     windows: Sequence[Sequence[float]] = ((-1000.0, 1000.0),),
     batch_size: int = 32,
     device: torch.device | str = "cpu",
@@ -97,9 +107,21 @@ def predict_array(
     device: torch.device | str = "cpu",
     amp: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    *,
+    pixel_mm: Sequence[float] | None = None,
+    spacing_mm: float | None = None,
+    multiple: int = 1,
 ) -> np.ndarray:
-    """Predict a CT array ``(X, Y, Z)`` in HU → labels ``(X, Y, Z)`` uint8 (no post-processing)."""
-    slices, geom = volume_to_slices(ct, image_size)
+    """Predict a CT array ``(X, Y, Z)`` in HU → labels ``(X, Y, Z)`` uint8 (no post-processing).
+
+    With ``spacing_mm`` (the run's pixel size, mm) each slice of in-plane voxel size ``pixel_mm``
+    (mm) is resampled to it and padded to at least ``image_size`` (sides a multiple of
+    ``multiple``); without, the pre-0.2 square resize to ``image_size``.
+    """
+    if spacing_mm is not None and pixel_mm is None:
+        raise ValueError("pixel_mm (the CT's in-plane voxel size) is needed with spacing_mm")
+    geom = slice_geometry(ct.shape[:2], pixel_mm or (1.0, 1.0), image_size, spacing_mm, multiple)
+    slices, geom = volume_to_slices(ct, geom)
     labels, _ = predict_slices(model, slices, geom, windows, batch_size, device, amp, on_batch=on_batch)
     return labels
 
@@ -112,6 +134,19 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but CUDA is not available (use --device cpu)")
     return dev
+
+
+def run_spacing_mm(cfg: Mapping[str, Any]) -> float | None:
+    """The pixel size (mm) a run's slices were resampled to; None for a square-resize run.
+
+    Runs made before 0.2 have no ``preprocessing`` in their config: they used the square resize.
+    """
+    if cfg.get("preprocessing", "square") == "square":
+        return None
+    value = cfg.get("spacing_mm")
+    if value is None:
+        raise InputError("config.yaml", "preprocessing: spacing but no spacing_mm in the run's config")
+    return float(value)
 
 
 def load_run_model(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> tuple[nn.Module, dict]:
@@ -181,6 +216,12 @@ def predict_2d(
     model, cfg = load_run_model(run, checkpoint, device)
     dev = next(model.parameters()).device
     use_amp = bool(cfg.get("amp", False)) if amp is None else amp
+    spacing_mm = run_spacing_mm(cfg)
+    if "preprocessing" not in cfg:
+        console.print(f"note: {run} was trained before thoraxseg 0.2 resampled slices to a fixed pixel size; "
+                      f"it predicts with its own {grid_text(int(cfg['image_size']), None)} (the pixel size in mm "
+                      "then depends on each scan's field of view)", soft_wrap=True)
+    multiple = SIZE_MULTIPLE[str(cfg["model"])]
     cases = discover_cases(images)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -192,7 +233,8 @@ def predict_2d(
             vol = load_image(case.image_path)
             progress.reset(slice_task, total=vol.shape[2], description=f"{case.patient_id} slices")
             labels = predict_array(model, vol.array, int(cfg["image_size"]), cfg["windows"], batch_size,
-                                   dev, use_amp, on_batch=lambda k: progress.advance(slice_task, k))
+                                   dev, use_amp, on_batch=lambda k: progress.advance(slice_task, k),
+                                   pixel_mm=vol.spacing[:2], spacing_mm=spacing_mm, multiple=multiple)
             if postprocess:
                 labels = keep_largest_component(labels)
             path = out_dir / f"{case.patient_id}.nii.gz"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -44,6 +45,8 @@ from thoraxseg.utils.yamlfile import read_yaml_mapping
 #: Every model name ``thoraxseg train`` accepts (nnunet3d is delegated to thoraxseg.nnunet).
 MODEL_NAMES: tuple[str, ...] = (*MODELS_2D, "nnunet3d")
 SCHEDULES: tuple[str, ...] = ("none", "cosine", "poly")
+#: How slices reach the network grid (see :class:`TrainConfig`, ``preprocessing``).
+PREPROCESSING: tuple[str, ...] = ("spacing", "square")
 
 
 @dataclass
@@ -125,7 +128,16 @@ class TrainConfig:
     dropout
         ENet spatial dropout after stage 1 (stage 1 uses a tenth).
     image_size
-        Side (pixels) of the square network input. Slices are padded to square and resized.
+        Side (pixels) of the square training crops (and the smallest prediction grid).
+    preprocessing
+        ``spacing`` (default): every slice is resampled to the pixel size ``spacing_mm``, padded
+        with air to at least ``image_size`` and, in training, cropped to ``image_size`` — a
+        pixel is the same number of mm on every scan. ``square``: the pre-0.2 policy, pad to a
+        square and resize to ``image_size`` (the pixel size then depends on the field of view).
+    spacing_mm
+        In-plane pixel size in mm of ``preprocessing: spacing`` (``None``: derived from the
+        training images so that their median field of view just fills ``image_size`` pixels;
+        the derived value is written to ``config.yaml``).
     windows
         CT windows in HU, ``[(low, high), ...]``, one input channel each: HU are clipped to the
         window and mapped linearly to [−1, 1]. A window must keep air and lung apart (trachea
@@ -161,6 +173,8 @@ class TrainConfig:
     width: int | None = None
     dropout: float = 0.1
     image_size: int = 256
+    preprocessing: str = "spacing"
+    spacing_mm: float | None = None
     windows: list[tuple[float, float]] = field(default_factory=lambda: [(-1000.0, 1000.0)])
     val_fraction: float = 0.2
     val_cases: list[str] = field(default_factory=list)
@@ -335,6 +349,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.width >= 2, "width must be >= 2"),
         (cfg.image_size >= multiple and cfg.image_size % multiple == 0,
          f"image_size must be a positive multiple of {multiple} for {cfg.model}"),
+        (cfg.preprocessing in PREPROCESSING, f"preprocessing must be one of {', '.join(PREPROCESSING)}"),
+        (cfg.spacing_mm is None or (math.isfinite(cfg.spacing_mm) and cfg.spacing_mm > 0),
+         f"spacing_mm must be a positive number of mm, got {cfg.spacing_mm!r}"),
+        (cfg.spacing_mm is None or cfg.preprocessing == "spacing",
+         "spacing_mm applies to preprocessing: spacing only (preprocessing: square resizes each slice)"),
         (len(cfg.windows) >= 1 and all(w[0] < w[1] for w in cfg.windows),
          "windows must be a list of (low, high) HU with low < high"),
         (0.0 < cfg.val_fraction < 1.0, "val_fraction must be in (0, 1)"),

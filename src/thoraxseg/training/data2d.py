@@ -1,20 +1,27 @@
-"""2D data for the slice-wise arms: windowing, square resize, slice cache, split, sampling, augmentation.
+"""2D data for the slice-wise arms: windowing, resampling to a fixed pixel size, slice cache, split, sampling, augmentation.
 
 Conventions
 -----------
 * Volumes are ``(x, y, z)`` arrays (NIfTI order); slice ``k`` is ``array[:, :, k]``,
   an ``(x, y)`` image that the network sees as ``(H, W) = (x, y)``.
-* **Cache**: slices are stored as ``HU / 1000`` (float16, 1–2 HU resolution), padded
-  with air (−1000 HU) symmetrically to a square of side ``max(X, Y)`` so the aspect ratio
-  is kept, then resized to ``size × size`` (bilinear with antialiasing for images, nearest
-  for labels); :class:`SliceGeometry` records the padding so prediction can undo it
-  exactly. Training slices live in memory (on the GPU when training on one), so an epoch
-  reads no files.
+* **Pixel size** (:class:`SpacingGeometry`, the default): every slice is resampled to one
+  in-plane pixel size ``spacing_mm`` (bilinear, antialiased when shrinking, for images;
+  nearest for labels), so an organ has the same size in pixels whatever the scan's field of
+  view or spacing, then padded with air (−1000 HU) to at least ``image_size × image_size``
+  (a multiple of the network's size multiple). Nothing is cut away: prediction runs the
+  whole resampled slice (the networks are fully convolutional) and inverts exactly that.
+  Training samples ``image_size × image_size`` crops of the resampled slices (seeded,
+  biased to contain the body), so the grid and the field of view are independent.
+  :class:`SliceGeometry` is the pre-0.2 policy (``preprocessing: square``): pad to a square,
+  resize to ``image_size`` — the pixel size then depends on each scan's field of view; runs
+  made before the change still predict with it.
+* **Cache**: slices are stored as ``HU / 1000`` (float16, 1–2 HU resolution). Training
+  slices live in memory (on the GPU when training on one), so an epoch reads no files.
 * **Windowing** (per batch, :func:`apply_windows`): each window ``(low, high)`` in HU
   gives one input channel, ``(clip(hu, low, high) − centre) / half_width`` ∈ [−1, 1].
 * **Determinism**: the order of slices in epoch ``e`` comes from ``(seed, e)``
-  (:class:`EpochSampler`, a :class:`~torch.utils.data.DistributedSampler`), and the
-  augmentation of slice ``i`` in epoch ``e`` from ``numpy.random.default_rng((seed, e, i))``
+  (:class:`EpochSampler`, a :class:`~torch.utils.data.DistributedSampler`), and the crop
+  and augmentation of slice ``i`` in epoch ``e`` from ``numpy.random.default_rng((seed, e, i, …))``
   — independent of worker count, process count and resumption.
 """
 
@@ -31,7 +38,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, DistributedSampler
 
 from thoraxseg.data.layout import Case
-from thoraxseg.data.volume import load_image, load_label, same_geometry
+from thoraxseg.data.volume import load_image, load_label, read_grid, same_geometry
 from thoraxseg.errors import InputError
 from thoraxseg.training.config import AugmentConfig
 from thoraxseg.utils.progress import make_progress
@@ -51,11 +58,13 @@ def window_ct(hu: np.ndarray | torch.Tensor, window: Sequence[float] = (-1000.0,
 
 @dataclass(frozen=True)
 class SliceGeometry:
-    """How an ``(X, Y)`` slice maps onto the ``size × size`` network grid (pad to square, then resize).
+    """The pre-0.2 policy: an ``(X, Y)`` slice padded to a square and resized to ``size × size``.
+
+    The pixel size in mm then depends on the field of view (``preprocessing: square``).
 
     >>> g = SliceGeometry.of((120, 126), 64)
-    >>> g.side, g.pad
-    (126, (3, 3, 0, 0))
+    >>> g.side, g.pad, g.grid
+    (126, (3, 3, 0, 0), (64, 64))
     """
 
     shape: tuple[int, int]
@@ -70,46 +79,160 @@ class SliceGeometry:
         px, py = side - x, side - y
         return cls((x, y), int(size), side, (px // 2, px - px // 2, py // 2, py - py // 2))
 
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Network-grid size ``(GX, GY)`` in pixels."""
+        return (self.size, self.size)
 
-def to_network_grid(slices: torch.Tensor, geom: SliceGeometry, kind: str, fill: float = 0.0) -> torch.Tensor:
-    """Pad ``(Z, X, Y)`` slices to square and resize to ``(Z, size, size)``.
+    def to_grid(self, slices: torch.Tensor, kind: str, fill: float = 0.0) -> torch.Tensor:
+        """``(Z, X, Y)`` → ``(Z, size, size)`` (see :func:`to_network_grid`)."""
+        x0, x1, y0, y1 = self.pad
+        if kind == "label":
+            t = F.pad(slices.to(torch.uint8), (y0, y1, x0, x1), value=0)
+            return t if self.side == self.size else _resize_labels(t, self.grid)
+        t = F.pad(slices.float(), (y0, y1, x0, x1), value=fill)
+        return t if self.side == self.size else _resize_image(t, self.grid)
 
-    ``kind="image"``: bilinear with antialiasing, padding value ``fill``;
+    def from_grid(self, maps: torch.Tensor) -> torch.Tensor:
+        """``(B, C, size, size)`` float maps → ``(B, C, X, Y)`` (bilinear)."""
+        if self.side != self.size:
+            maps = F.interpolate(maps, size=(self.side, self.side), mode="bilinear", align_corners=False)
+        x0, _, y0, _ = self.pad
+        return maps[:, :, x0 : x0 + self.shape[0], y0 : y0 + self.shape[1]]
+
+
+@dataclass(frozen=True)
+class SpacingGeometry:
+    """An ``(X, Y)`` slice of pixel size ``pixel_mm`` resampled to ``spacing_mm`` and padded with air.
+
+    The resampled slice has ``round(X · sx / spacing_mm) × round(Y · sy / spacing_mm)`` pixels
+    (so its pixel size equals ``spacing_mm`` up to half a pixel over the whole field of view, as
+    in nnU-Net's resampling) and is centred on a grid of at least ``size × size`` pixels, each
+    side a multiple of ``multiple``. Nothing is cropped: a slice larger than ``size`` gives a
+    larger grid.
+
+    >>> g = SpacingGeometry.of((512, 512), (0.8, 0.8), 3.2, 128, 16)
+    >>> g.resampled, g.grid, g.offset
+    ((128, 128), (128, 128), (0, 0))
+    >>> g = SpacingGeometry.of((120, 126), (1.5, 1.5), 3.2, 128, 16)  # a 180 × 189 mm crop
+    >>> g.resampled, g.grid, g.offset
+    ((56, 59), (128, 128), (36, 34))
+    >>> SpacingGeometry.of((512, 512), (1.37, 1.37), 3.2, 128, 16).grid  # a 700 mm field of view
+    (224, 224)
+    """
+
+    shape: tuple[int, int]
+    resampled: tuple[int, int]
+    grid: tuple[int, int]
+    offset: tuple[int, int]
+
+    @classmethod
+    def of(cls, shape: Sequence[int], pixel_mm: Sequence[float], spacing_mm: float, size: int,
+           multiple: int = 1) -> SpacingGeometry:
+        shp = (int(shape[0]), int(shape[1]))
+        res = tuple(max(1, round(n * float(s) / float(spacing_mm))) for n, s in zip(shp, pixel_mm[:2], strict=True))
+        m = max(1, int(multiple))
+        grid = tuple(max(int(size), -(-r // m) * m) for r in res)
+        offset = tuple((g - r) // 2 for g, r in zip(grid, res, strict=True))
+        return cls(shp, res, grid, offset)  # type: ignore[arg-type]
+
+    def to_grid(self, slices: torch.Tensor, kind: str, fill: float = 0.0) -> torch.Tensor:
+        """``(Z, X, Y)`` → ``(Z, GX, GY)`` (see :func:`to_network_grid`)."""
+        (ox, oy), (rx, ry), (gx, gy) = self.offset, self.resampled, self.grid
+        pad = (oy, gy - ry - oy, ox, gx - rx - ox)
+        if kind == "label":
+            t = slices.to(torch.uint8)
+            t = t if self.resampled == self.shape else _resize_labels(t, self.resampled)
+            return F.pad(t, pad, value=0)
+        t = slices.float()
+        t = t if self.resampled == self.shape else _resize_image(t, self.resampled)
+        return F.pad(t, pad, value=fill)
+
+    def from_grid(self, maps: torch.Tensor) -> torch.Tensor:
+        """``(B, C, GX, GY)`` float maps → ``(B, C, X, Y)``: crop the padding, resample back (bilinear)."""
+        (ox, oy), (rx, ry) = self.offset, self.resampled
+        maps = maps[:, :, ox : ox + rx, oy : oy + ry]
+        if self.resampled != self.shape:
+            maps = F.interpolate(maps, size=self.shape, mode="bilinear", align_corners=False)
+        return maps
+
+
+#: Either way of putting a slice on the network grid.
+Geometry = SliceGeometry | SpacingGeometry
+
+
+def slice_geometry(shape: Sequence[int], pixel_mm: Sequence[float], size: int, spacing_mm: float | None,
+                   multiple: int = 1) -> Geometry:
+    """The geometry of a run's preprocessing: :class:`SpacingGeometry` at ``spacing_mm`` (mm), or the
+    pre-0.2 :class:`SliceGeometry` when ``spacing_mm`` is None."""
+    if spacing_mm is None:
+        return SliceGeometry.of(shape, size)
+    return SpacingGeometry.of(shape, pixel_mm, spacing_mm, size, multiple)
+
+
+def _resize_image(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(Z, X, Y)`` float → ``(Z, *size)``: bilinear, antialiased where it shrinks."""
+    shrink = size[0] < t.shape[-2] or size[1] < t.shape[-1]
+    return F.interpolate(t[:, None], size=size, mode="bilinear", align_corners=False, antialias=shrink)[:, 0]
+
+
+def _resize_labels(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(Z, X, Y)`` uint8 → ``(Z, *size)`` nearest neighbour."""
+    out = F.interpolate(t[:, None].float(), size=size, mode="nearest-exact")
+    return out[:, 0].round().to(torch.uint8)
+
+
+def to_network_grid(slices: torch.Tensor, geom: Geometry, kind: str, fill: float = 0.0) -> torch.Tensor:
+    """Put ``(Z, X, Y)`` slices on the network grid ``(Z, GX, GY)``.
+
+    ``kind="image"``: bilinear (antialiased when shrinking), padding value ``fill``;
     ``kind="label"``: nearest neighbour, padding 0, integer output.
     """
-    x0, x1, y0, y1 = geom.pad
-    if kind == "label":
-        t = F.pad(slices.to(torch.uint8), (y0, y1, x0, x1), value=0)
-        if geom.side == geom.size:
-            return t
-        out = F.interpolate(t[:, None].float(), size=(geom.size, geom.size), mode="nearest-exact")
-        return out[:, 0].round().to(torch.uint8)
-    t = F.pad(slices.float(), (y0, y1, x0, x1), value=fill)
-    if geom.side == geom.size:
-        return t
-    out = F.interpolate(t[:, None], size=(geom.size, geom.size), mode="bilinear", align_corners=False,
-                        antialias=geom.side > geom.size)
-    return out[:, 0]
+    return geom.to_grid(slices, kind, fill)
 
 
-def from_network_grid(maps: torch.Tensor, geom: SliceGeometry) -> torch.Tensor:
-    """Inverse of :func:`to_network_grid` for ``(B, C, size, size)`` float maps → ``(B, C, X, Y)`` (bilinear)."""
-    if geom.side != geom.size:
-        maps = F.interpolate(maps, size=(geom.side, geom.side), mode="bilinear", align_corners=False)
-    x0, _, y0, _ = geom.pad
-    return maps[:, :, x0 : x0 + geom.shape[0], y0 : y0 + geom.shape[1]]
+def from_network_grid(maps: torch.Tensor, geom: Geometry) -> torch.Tensor:
+    """Inverse of :func:`to_network_grid` for ``(B, C, GX, GY)`` float maps → ``(B, C, X, Y)`` (bilinear)."""
+    return geom.from_grid(maps)
+
+
+def grid_text(size: int, spacing_mm: float | None) -> str:
+    """How a run's slices reach the network, in words (logs, plots, reports).
+
+    >>> grid_text(128, 3.125), grid_text(128, None)
+    ('128×128 crops at 3.125 mm/pixel', '128×128 square-resized slices')
+    """
+    if spacing_mm is None:
+        return f"{size}×{size} square-resized slices"
+    return f"{size}×{size} crops at {spacing_mm:g} mm/pixel"
+
+
+def derive_spacing_mm(cases: Sequence[Case], size: int) -> float:
+    """The default pixel size (mm): the median in-plane field of view of ``cases`` over ``size``.
+
+    The field of view of a case is ``max(X · sx, Y · sy)`` (mm), read from the image headers
+    only; the median case then just fills ``size × size`` pixels. Rounded to 0.001 mm.
+    """
+    fovs = []
+    for case in cases:
+        shape, spacing = read_grid(case.image_path)
+        fovs.append(max(shape[0] * spacing[0], shape[1] * spacing[1]))
+    if not fovs:
+        raise InputError(".", "no training cases to derive spacing_mm from")
+    return round(float(np.median(fovs)) / int(size), 3)
 
 
 #: Slices are cached as HU divided by this (air = −1).
 HU_UNIT: float = 1000.0
 
 
-def volume_to_slices(array: np.ndarray, size: int) -> tuple[torch.Tensor, SliceGeometry]:
-    """CT ``(X, Y, Z)`` in HU → ``(Z, size, size)`` float32 slices in ``HU / 1000`` on the network grid.
+def volume_to_slices(array: np.ndarray, size: int | Geometry) -> tuple[torch.Tensor, Geometry]:
+    """CT ``(X, Y, Z)`` in HU → ``(Z, GX, GY)`` float32 slices in ``HU / 1000`` on the network grid.
 
-    HU are clipped to −1100…4000 first; the square padding is air (−1000 HU).
+    ``size``: a :data:`Geometry`, or an int for the pre-0.2 square resize to ``size × size``.
+    HU are clipped to −1100…4000 first; the padding is air (−1000 HU).
     """
-    geom = SliceGeometry.of(array.shape[:2], size)
+    geom = SliceGeometry.of(array.shape[:2], size) if isinstance(size, int) else size
     hu = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, 2, 0))).float()
     slices = hu.clamp(-1100.0, 4000.0) / HU_UNIT
     return to_network_grid(slices, geom, "image", fill=-1.0), geom
@@ -128,9 +251,9 @@ def apply_windows(slices: torch.Tensor, windows: Sequence[Sequence[float]]) -> t
     return torch.cat([window_ct(hu, w) for w in windows], dim=1)
 
 
-def labels_to_slices(array: np.ndarray, size: int) -> torch.Tensor:
-    """Label ``(X, Y, Z)`` → ``(Z, size, size)`` uint8 (nearest neighbour)."""
-    geom = SliceGeometry.of(array.shape[:2], size)
+def labels_to_slices(array: np.ndarray, size: int | Geometry) -> torch.Tensor:
+    """Label ``(X, Y, Z)`` → ``(Z, GX, GY)`` uint8 (nearest neighbour); ``size`` as in :func:`volume_to_slices`."""
+    geom = SliceGeometry.of(array.shape[:2], size) if isinstance(size, int) else size
     return to_network_grid(torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, 2, 0))), geom, "label")
 
 
@@ -173,14 +296,18 @@ class CaseSlices:
     """One preprocessed patient: network-grid slices plus what is needed to stitch and score in 3D."""
 
     patient_id: str
-    images: torch.Tensor  # (Z, S, S) float16, HU / 1000
-    labels: torch.Tensor  # (Z, S, S) uint8
-    geometry: SliceGeometry
+    images: torch.Tensor  # (Z, GX, GY) float16, HU / 1000
+    labels: torch.Tensor  # (Z, GX, GY) uint8
+    geometry: Geometry
     label_volume: np.ndarray | None = None  # (X, Y, Z) uint8 at source resolution (validation only)
 
 
-def load_case(case: Case, size: int, keep_volume: bool = False) -> CaseSlices:
-    """Read and resize one labelled case. Raises InputError when image and label grids differ."""
+def load_case(case: Case, size: int, keep_volume: bool = False, spacing_mm: float | None = None,
+              multiple: int = 1) -> CaseSlices:
+    """Read one labelled case onto the network grid (:func:`slice_geometry`).
+
+    Raises InputError when image and label grids differ.
+    """
     if case.label_path is None:
         raise InputError(case.image_path, "no GT label for this case")
     image = load_image(case.image_path)
@@ -188,40 +315,59 @@ def load_case(case: Case, size: int, keep_volume: bool = False) -> CaseSlices:
     diff = same_geometry(image, label)
     if diff is not None:
         raise InputError(case.label_path, f"label grid differs from the image ({diff})")
-    slices, geom = volume_to_slices(image.array, size)
-    labels = labels_to_slices(label.array, size)
+    geom = slice_geometry(image.shape[:2], image.spacing[:2], size, spacing_mm, multiple)
+    slices, _ = volume_to_slices(image.array, geom)
+    labels = labels_to_slices(label.array, geom)
     return CaseSlices(case.patient_id, slices.to(torch.float16), labels, geom,
                       label.array if keep_volume else None)
 
 
 def load_cases(cases: Sequence[Case], size: int, keep_volume: bool = False,
-               description: str = "loading", threads: int = 2, show: bool = True) -> list[CaseSlices]:
+               description: str = "loading", threads: int = 2, show: bool = True,
+               spacing_mm: float | None = None, multiple: int = 1) -> list[CaseSlices]:
     """:func:`load_case` for many cases (decompression in ``threads`` threads), with a progress bar."""
     out: list[CaseSlices | None] = [None] * len(cases)
     with make_progress() as progress:
         task = progress.add_task(description, total=len(cases), visible=show)
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            futures = {pool.submit(load_case, c, size, keep_volume): i for i, c in enumerate(cases)}
+            futures = {pool.submit(load_case, c, size, keep_volume, spacing_mm, multiple): i
+                       for i, c in enumerate(cases)}
             for fut, i in futures.items():
                 out[i] = fut.result()
                 progress.advance(task)
     return [c for c in out if c is not None]
 
 
-class SliceDataset(Dataset):
-    """All slices of the training patients, cached in memory.
+#: A pixel counts as body for the crop bias when above this (HU / 1000, i.e. −500 HU).
+BODY_THRESHOLD: float = -0.5
 
-    Indexed by ``(slice_index, epoch)`` pairs (what :class:`EpochSampler` yields), it returns
-    ``(image (1, S, S) float32, label (S, S) int64, slice_index, epoch)``; augmentation
-    happens per batch in :class:`AugmentCollate`.
+
+class SliceDataset(Dataset):
+    """All slices of the training patients, cached in memory, served as ``crop × crop`` crops.
+
+    Every case's slices are centred on one canvas (the largest network grid among the cases,
+    padded with air and background). Indexed by ``(slice_index, epoch)`` pairs (what
+    :class:`EpochSampler` yields), it returns ``(image (1, C, C) float32, label (C, C) int64,
+    slice_index, epoch)`` for ``C = crop``: a crop whose centre is drawn uniformly inside the
+    slice's body box (pixels above −500 HU; the whole canvas where there is none), clipped to
+    the canvas, from ``default_rng((seed, epoch, slice_index, 0xC0))``. With ``crop=None`` (or a
+    canvas of the crop's size) every slice is served whole. Augmentation happens per batch in
+    :class:`AugmentCollate`.
     """
 
-    def __init__(self, cases: Sequence[CaseSlices]) -> None:
+    def __init__(self, cases: Sequence[CaseSlices], crop: int | None = None, seed: int = 0) -> None:
         if not cases:
             raise ValueError("no training cases")
-        self.images = torch.cat([c.images for c in cases])
-        self.labels = torch.cat([c.labels for c in cases])
+        gx = max(int(c.images.shape[1]) for c in cases)
+        gy = max(int(c.images.shape[2]) for c in cases)
+        self.images = torch.cat([_centre_on(c.images, (gx, gy), -1.0) for c in cases])
+        self.labels = torch.cat([_centre_on(c.labels, (gx, gy), 0) for c in cases])
         self.patients = [c.patient_id for c in cases]
+        self.crop = (gx, gy) if crop is None else (int(crop), int(crop))
+        if self.crop[0] > gx or self.crop[1] > gy:
+            raise ValueError(f"crop {crop} larger than the canvas {gx}×{gy}")
+        self.seed = int(seed)
+        self.boxes = _body_boxes(self.images)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -232,9 +378,48 @@ class SliceDataset(Dataset):
         self.labels = self.labels.to(device)
         return self
 
+    def crop_origin(self, index: int, epoch: int) -> tuple[int, int]:
+        """Top-left pixel ``(x, y)`` of slice ``index``'s crop in ``epoch`` (see the class docstring)."""
+        cx, cy = self.crop
+        gx, gy = int(self.images.shape[1]), int(self.images.shape[2])
+        if (cx, cy) == (gx, gy):
+            return 0, 0
+        x0, x1, y0, y1 = (int(v) for v in self.boxes[index])
+        rng = np.random.default_rng((self.seed, epoch, index, 0xC0))
+        mx, my = rng.uniform(x0, x1), rng.uniform(y0, y1)
+        return (int(np.clip(round(mx - cx / 2), 0, gx - cx)), int(np.clip(round(my - cy / 2), 0, gy - cy)))
+
+    def item(self, index: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(C, C)`` image (HU / 1000) and label crop of slice ``index`` in ``epoch`` (on the cache's device)."""
+        ox, oy = self.crop_origin(index, epoch)
+        cx, cy = self.crop
+        return (self.images[index, ox : ox + cx, oy : oy + cy],
+                self.labels[index, ox : ox + cx, oy : oy + cy])
+
     def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         index, epoch = key if isinstance(key, tuple) else (int(key), 0)
-        return self.images[index][None].float(), self.labels[index].long(), int(index), int(epoch)
+        image, label = self.item(int(index), int(epoch))
+        return image[None].float(), label.long(), int(index), int(epoch)
+
+
+def _centre_on(t: torch.Tensor, size: tuple[int, int], fill: float) -> torch.Tensor:
+    """Pad ``(Z, X, Y)`` centred to ``(Z, *size)`` with ``fill``."""
+    px, py = size[0] - int(t.shape[1]), size[1] - int(t.shape[2])
+    if px == 0 and py == 0:
+        return t
+    return F.pad(t, (py // 2, py - py // 2, px // 2, px - px // 2), value=fill)
+
+
+def _body_boxes(images: torch.Tensor) -> np.ndarray:
+    """``(N, 4)`` int ``(x0, x1, y0, y1)`` box of the pixels above :data:`BODY_THRESHOLD` per slice."""
+    body = images.float() > BODY_THRESHOLD
+    rows, cols = body.any(dim=2).numpy(), body.any(dim=1).numpy()  # (N, X), (N, Y)
+    n, gx, gy = int(images.shape[0]), int(images.shape[1]), int(images.shape[2])
+    boxes = np.tile(np.array([0, gx, 0, gy], np.int64), (n, 1))
+    for i in np.flatnonzero(rows.any(axis=1)):
+        xs, ys = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
+        boxes[i] = (xs[0], xs[-1] + 1, ys[0], ys[-1] + 1)
+    return boxes
 
 
 class EpochSampler(DistributedSampler):
@@ -343,9 +528,14 @@ class DeviceBatches:
         device = self.dataset.images.device
         for start in range(0, len(keys), self.batch_size):
             chunk = keys[start : start + self.batch_size]
-            idx = torch.tensor([i for i, _ in chunk], device=device)
-            images = self.dataset.images.index_select(0, idx)[:, None].float()
-            labels = self.dataset.labels.index_select(0, idx).long()
+            if self.dataset.crop == tuple(self.dataset.images.shape[1:]):
+                idx = torch.tensor([i for i, _ in chunk], device=device)
+                images = self.dataset.images.index_select(0, idx)[:, None].float()
+                labels = self.dataset.labels.index_select(0, idx).long()
+            else:
+                pairs = [self.dataset.item(i, e) for i, e in chunk]
+                images = torch.stack([p[0] for p in pairs])[:, None].float()
+                labels = torch.stack([p[1] for p in pairs]).long()
             yield images, labels, self.collate.batch_params(chunk)
 
 

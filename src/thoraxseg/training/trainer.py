@@ -29,6 +29,7 @@ Dice values are averaged (patients where an organ is absent from both are skippe
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import random
@@ -47,7 +48,7 @@ from thoraxseg.errors import ConfigError
 from thoraxseg.inference.predict2d import autocast_context, predict_slices
 from thoraxseg.labels import NUM_CLASSES, ORGAN_NAMES, ORGANS
 from thoraxseg.losses.dice_ce import DiceCELoss, balanced_ce_weights
-from thoraxseg.networks import build_model, count_parameters
+from thoraxseg.networks import SIZE_MULTIPLE, build_model, count_parameters
 from thoraxseg.training import distributed as D
 from thoraxseg.training.config import TrainConfig, config_differences, config_from_dict, dump_yaml
 from thoraxseg.training.data2d import (
@@ -57,6 +58,8 @@ from thoraxseg.training.data2d import (
     DeviceBatches,
     EpochSampler,
     SliceDataset,
+    derive_spacing_mm,
+    grid_text,
     load_cases,
     split_cases,
 )
@@ -277,6 +280,11 @@ def train_2d(cfg: TrainConfig) -> Path:
 def _train(cfg: TrainConfig, info: D.DistInfo) -> Path:
     out = Path(cfg.out)
     device = info.device
+    cases = labelled_cases(cfg.data)
+    train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed, cfg.val_cases)
+    if cfg.preprocessing == "spacing" and cfg.spacing_mm is None:
+        # derived from the headers (identical on every process); written to config.yaml below
+        cfg = dataclasses.replace(cfg, spacing_mm=derive_spacing_mm(train_cases, cfg.image_size))
     state = _check_resume(out, cfg) if info.is_main else None
     resumed_epoch = int(D.broadcast_object(state["epoch"] if state else 0, info))  # type: ignore[arg-type]
     if info.is_main:
@@ -290,13 +298,12 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> Path:
 
     # data (every process holds the training slices; only rank 0 holds validation volumes)
     seed_everything(cfg.seed)
-    cases = labelled_cases(cfg.data)
-    train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed, cfg.val_cases)
+    multiple = SIZE_MULTIPLE[cfg.model]
     train_data = load_cases(train_cases, cfg.image_size, description="loading training cases",
-                            show=info.is_main)
-    val_data = (load_cases(val_cases, cfg.image_size, keep_volume=True,
-                           description="loading validation cases") if info.is_main else [])
-    dataset = SliceDataset(train_data)
+                            show=info.is_main, spacing_mm=cfg.spacing_mm, multiple=multiple)
+    val_data = (load_cases(val_cases, cfg.image_size, keep_volume=True, description="loading validation cases",
+                           spacing_mm=cfg.spacing_mm, multiple=multiple) if info.is_main else [])
+    dataset = SliceDataset(train_data, crop=cfg.image_size if cfg.spacing_mm is not None else None, seed=cfg.seed)
     if use_gpu_cache(cfg, device):
         dataset.to(device)
     sampler = EpochSampler(dataset, cfg.seed, info.world_size, info.rank, cfg.samples_per_epoch)
@@ -335,7 +342,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> Path:
     elif info.is_main:
         console.print(f"{cfg.model}: {count_parameters(net) / 1e6:.3f} M parameters, "
                       f"{len(train_cases)} training / {len(val_cases)} validation patients, "
-                      f"{len(dataset)} training slices, {info.world_size} process(es) on {device}", soft_wrap=True)
+                      f"{len(dataset)} training slices ({grid_text(cfg.image_size, cfg.spacing_mm)}), "
+                      f"{info.world_size} process(es) on {device}", soft_wrap=True)
 
     for epoch in range(resumed_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -384,7 +392,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> Path:
             })
             write_log(out / "log.csv", history)
             plot_curves(out / "curves.png", history,
-                        f"{cfg.model}, width {cfg.width}, {cfg.image_size}×{cfg.image_size} slices — {out.name}")
+                        f"{cfg.model}, width {cfg.width}, {grid_text(cfg.image_size, cfg.spacing_mm)} — {out.name}")
             organs = " ".join(f"{k[:4]} {v:.3f}" for k, v in dice.items() if math.isfinite(v))
             console.print(f"epoch {epoch + 1:>3}/{cfg.epochs}  train {train_loss:.4f}  val {val_loss:.4f}  "
                           f"dice {organs}  mean {mean:.3f}  lr {lr:.2e}  {row['seconds']:.1f} s", soft_wrap=True)

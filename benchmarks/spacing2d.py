@@ -1,0 +1,179 @@
+"""Benchmark the 2D arms' preprocessing: a fixed pixel size in mm vs the old square resize, side by side.
+
+Both arms are trained with the demo settings (``configs/demo.yaml``) on 12 small phantoms, once by
+this tree (slices resampled to one pixel size, ``preprocessing: spacing``) and once by a baseline
+tree (``--baseline``, e.g. a ``git worktree`` of the commit before the change, which pads each slice
+to a square and resizes it). Each model then predicts the same held-out patients on four grids:
+
+* ``small``   — the grid it was trained on (128 × 128, 3.6–5.5 mm);
+* ``full``    — the same patients regenerated with ``--size full`` (512 × 512, 0.9–1.4 mm, 2–3 mm slices);
+* ``crop200`` — the small grid cropped to a 200 mm in-plane field of view around the mediastinum;
+* ``pad650``  — the small grid padded with air to a 650 mm field of view.
+
+Printed: mean Dice per organ on each grid and its difference to ``small`` (target: within 0.05 with
+the new preprocessing), training images/s and prediction seconds per volume for both trees (target:
+within 15 %), and the machine's load. Both sides run the same ``thoraxseg train`` / ``predict``
+commands as subprocesses, alternately, so they see the same machine.
+
+Run: ``.venv/bin/python benchmarks/spacing2d.py --baseline ../old-tree [--work DIR] [--arms enet customnet]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from thoraxseg.data.phantom import generate_case, generate_cohort
+from thoraxseg.data.volume import Volume, load_label, save_label, save_volume
+from thoraxseg.labels import ORGAN_NAMES
+from thoraxseg.training.trainer import dice_per_organ
+
+ROOT = Path(__file__).resolve().parents[1]
+GRIDS = ("small", "full", "crop200", "pad650")
+N_TRAIN = 12
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f}"
+
+
+def _shifted(volume: Volume, array: np.ndarray, offset: tuple[int, int]) -> Volume:
+    """``array`` on ``volume``'s grid moved by ``offset`` voxels in-plane (origin adjusted)."""
+    affine = volume.affine.copy()
+    affine[:3, 3] = volume.affine[:3, :3] @ np.array([offset[0], offset[1], 0.0]) + volume.affine[:3, 3]
+    return Volume(array, affine)
+
+
+def make_test_grids(work: Path, indices: list[int], seed: int) -> None:
+    """Write ``work/test/<grid>/Patient_XX.nii.gz`` and ``work/gt/<grid>/Patient_XX.nii.gz``."""
+    for index in indices:
+        name = f"Patient_{index + 1:02d}"
+        small = generate_case(seed, index, "small")
+        full = generate_case(seed, index, "full")
+        image, labels = small.image, small.labels
+        sx, sy = image.spacing[:2]
+        cx, cy = (float(v) for v in np.argwhere(labels > 0)[:, :2].mean(axis=0))
+        hx, hy = round(100.0 / sx), round(100.0 / sy)
+        x0, y0 = max(0, round(cx) - hx), max(0, round(cy) - hy)
+        x1, y1 = min(image.shape[0], x0 + 2 * hx), min(image.shape[1], y0 + 2 * hy)
+        px, py = (max(0, round((650.0 / s - n) / 2)) for s, n in ((sx, image.shape[0]), (sy, image.shape[1])))
+        grids = {
+            "small": (image, labels),
+            "full": (full.image, full.labels),
+            "crop200": (_shifted(image, image.array[x0:x1, y0:y1].copy(), (x0, y0)), labels[x0:x1, y0:y1].copy()),
+            "pad650": (_shifted(image, np.pad(image.array, ((px, px), (py, py), (0, 0)), constant_values=-1000),
+                                (-px, -py)), np.pad(labels, ((px, px), (py, py), (0, 0)))),
+        }
+        for grid, (vol, lab) in grids.items():
+            (work / "test" / grid).mkdir(parents=True, exist_ok=True)
+            (work / "gt" / grid).mkdir(parents=True, exist_ok=True)
+            save_volume(vol, work / "test" / grid / f"{name}.nii.gz")
+            save_label(lab.astype(np.uint8), vol, work / "gt" / grid / f"{name}.nii.gz")
+
+
+def _thoraxseg(tree: Path, args: list[str]) -> float:
+    """Run ``thoraxseg ARGS`` with ``tree/src`` first on the path; returns wall seconds."""
+    env = {**os.environ, "PYTHONPATH": str(tree / "src"), "THORAXSEG_NO_PROGRESS": "1"}
+    t = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "thoraxseg", *args], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"thoraxseg {' '.join(args)} failed in {tree}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return time.perf_counter() - t
+
+
+def train_speed(run: Path) -> float:
+    """Training slices per second over all epochs (``log.csv``: samples / seconds, validation included)."""
+    with (run / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    return sum(float(r["samples"]) for r in rows) / sum(float(r["seconds"]) for r in rows)
+
+
+def mean_dice(pred_dir: Path, gt_dir: Path) -> dict[str, float]:
+    per: dict[str, list[float]] = {name: [] for name in ORGAN_NAMES}
+    for gt_path in sorted(gt_dir.glob("*.nii.gz")):
+        d = dice_per_organ(load_label(pred_dir / gt_path.name).array, load_label(gt_path).array)
+        for name, v in d.items():
+            if np.isfinite(v):
+                per[name].append(v)
+    return {name: float(np.mean(v)) if v else float("nan") for name, v in per.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", type=Path, required=True, help="tree of the commit to compare with")
+    parser.add_argument("--work", type=Path, default=None, help="keep data and runs here (default: temporary)")
+    parser.add_argument("--arms", nargs="+", default=["enet", "customnet"], choices=["enet", "customnet"])
+    parser.add_argument("--test-cases", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="spacing2d_"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"work folder {work}; {os.cpu_count()} CPUs; {_load()} at the start", flush=True)
+    if not (work / "train").exists():
+        generate_cohort(work / "train", N_TRAIN, size="small", seed=args.seed)
+    if not (work / "test").exists():
+        make_test_grids(work, list(range(N_TRAIN, N_TRAIN + args.test_cases)), args.seed)
+    demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())["arms"]
+    trees = {"baseline": args.baseline.resolve(), "new": ROOT}
+    results: dict[str, dict] = {}
+    for arm in args.arms:
+        spec = demo[arm]
+        cfg_path = work / f"{arm}.yaml"
+        cfg_path.write_text(yaml.safe_dump(spec["config"]))
+        for side, tree in trees.items():
+            run = work / "runs" / f"{arm}_{side}"
+            if not (run / "last.pt").exists():
+                print(f"training {arm} ({side}) ... {_load()}", flush=True)
+                _thoraxseg(tree, ["train", "--model", arm, "--data", str(work / "train"), "--out", str(run),
+                                  "--config", str(cfg_path), "--epochs", str(spec["epochs"]),
+                                  "--threads", str(args.threads)])
+            entry = results.setdefault(f"{arm}_{side}", {"train_images_per_s": train_speed(run)})
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            entry["pixel"] = (f"{config['spacing_mm']} mm" if config.get("preprocessing") == "spacing"
+                              else "square resize")
+            for grid in GRIDS:
+                out = work / "pred" / f"{arm}_{side}" / grid
+                seconds = _thoraxseg(tree, ["predict", "--run", str(run), "--images", str(work / "test" / grid),
+                                            "--out", str(out)])
+                entry[grid] = mean_dice(out, work / "gt" / grid)
+                entry[f"predict_s_per_volume_{grid}"] = seconds / args.test_cases
+            print(f"{arm} ({side}) done; {_load()}", flush=True)
+    (work / "results.json").write_text(json.dumps(results, indent=1))
+
+    organs = list(ORGAN_NAMES)
+    print(f"\nmean Dice over {args.test_cases} held-out phantoms (Δ = grid − small); {_load()} at the end")
+    print("| arm | tree | pixel | grid | " + " | ".join(organs) + " | mean | max |Δ| |")
+    print("|---|---|---|---|" + "---:|" * (len(organs) + 2))
+    for key, entry in results.items():
+        arm, side = key.rsplit("_", 1)
+        base = entry["small"]
+        for grid in GRIDS:
+            d = entry[grid]
+            cells = [f"{d[o]:.3f}" if grid == "small" else f"{d[o]:.3f} ({d[o] - base[o]:+.3f})" for o in organs]
+            worst = "" if grid == "small" else f"{max(abs(d[o] - base[o]) for o in organs):.3f}"
+            print(f"| {arm} | {side} | {entry['pixel']} | {grid} | " + " | ".join(cells)
+                  + f" | {np.mean([d[o] for o in organs]):.3f} | {worst} |")
+    print("\n| arm | train images/s baseline | new | ratio | predict s/volume (small grid, import included) "
+          "baseline | new | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for arm in args.arms:
+        b, n = results[f"{arm}_baseline"], results[f"{arm}_new"]
+        tb, tn = b["train_images_per_s"], n["train_images_per_s"]
+        pb, pn = b["predict_s_per_volume_small"], n["predict_s_per_volume_small"]
+        print(f"| {arm} | {tb:.1f} | {tn:.1f} | {tn / tb:.2f} | {pb:.2f} | {pn:.2f} | {pn / pb:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
