@@ -27,6 +27,12 @@ import numpy as np
 from scipy import ndimage
 
 from thoraxseg import __version__
+from thoraxseg.data.layout import (
+    CLEAN_LABEL_NAME,
+    COURSE_CLEAN_LABEL_NAME,
+    COURSE_PATIENTS,
+    COURSE_REFERENCE_PATIENT,
+)
 from thoraxseg.data.phantom.anatomy import Anatomy, PatientParams, grid_for, sample_patient
 from thoraxseg.data.phantom.geometry import (
     FAR,
@@ -37,12 +43,6 @@ from thoraxseg.data.phantom.geometry import (
     max_occupancy_segments,
     occupancy,
     thin_factor,
-)
-from thoraxseg.data.layout import (
-    CLEAN_LABEL_NAME,
-    COURSE_CLEAN_LABEL_NAME,
-    COURSE_PATIENTS,
-    COURSE_REFERENCE_PATIENT,
 )
 from thoraxseg.data.volume import Volume, save_label, save_volume
 from thoraxseg.errors import InputError
