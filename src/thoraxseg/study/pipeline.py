@@ -170,7 +170,7 @@ def _stage_realign(study: Study) -> dict[str, Any]:
     pair = check_case(ref)
     if pair.errors or pair.reference is None:
         raise ThoraxsegError(f"{ref.image_path.parent}: reference pair unreadable: {'; '.join(pair.errors)}")
-    verdict = pair_verdict(pair.organs, pair.reference.clean_organs, cfg.label)
+    verdict = pair_verdict(pair.organs, pair.reference, cfg.label)
     names = f"{ref.patient_id} ({moved_path.name} + {clean_path.name})"
     if verdict in ("clean-moved", "both-moved", "absent"):
         problem = {"clean-moved": f"the {cfg.label} of {clean_path.name} is the one on air, not {moved_path.name}'s",
