@@ -9,29 +9,19 @@ import pandas as pd
 import pytest
 import yaml
 
+from study_fixture import TINY_2D_ARMS, tiny_study_config
 from thoraxseg.cli import main
 from thoraxseg.data.volume import load_image, load_label, same_geometry
 from thoraxseg.labels import ORGAN_NAMES
 
-TINY = {
-    "name": "tiny",
-    "seed": 0,
-    "device": "cpu",
-    "data": {"phantom": {"cases": 6, "size": "small", "seed": 3, "corrupt_heart": True}, "test_cases": 2},
-    "realign": {"enabled": "auto", "label": "heart", "method": "sweep"},
-    "arms": {
-        "enet": {"model": "enet", "epochs": 1,
-                 "config": {"image_size": 64, "batch_size": 8, "width": 4, "samples_per_epoch": 32}},
-        "customnet": {"model": "customnet", "epochs": 1,
-                      "config": {"image_size": 64, "batch_size": 8, "width": 4, "samples_per_epoch": 32}},
-        "nnunet3d": {"model": "nnunet3d", "epochs": 1,
-                     "config": {"plans": "cpu", "folds": "0", "iterations_per_epoch": 2,
-                                "val_iterations_per_epoch": 1, "final_validation": False},
-                     "predict": {"tta": False}},
-    },
-    "workers": 1,
-    "n_boot": 200,
-}
+TINY = tiny_study_config(
+    {"phantom": {"cases": 6, "size": "small", "seed": 3, "corrupt_heart": True}, "test_cases": 2},
+    arms={**TINY_2D_ARMS,
+          "nnunet3d": {"model": "nnunet3d", "epochs": 1,
+                       "config": {"plans": "cpu", "folds": "0", "iterations_per_epoch": 2,
+                                  "val_iterations_per_epoch": 1, "final_validation": False},
+                       "predict": {"tta": False}}},
+)
 
 
 @pytest.mark.slow
