@@ -162,7 +162,7 @@ def _stage_realign(study: Study) -> dict[str, Any]:
                               f" exists in {study.raw}")
         _stop_on_flagged(study, f"no case has a reference pair (GT.nii.gz + {reference_names_text()})")
         console.print(f"realign: no reference pair ({reference_names_text()}) and no misplaced {cfg.label} label "
-                      "— labels used as they are")
+                      "— labels used as they are", soft_wrap=True)
         return {"applied": False}
     from thoraxseg.data.check import check_case, pair_verdict
 
@@ -179,7 +179,7 @@ def _stage_realign(study: Study) -> dict[str, Any]:
         raise InputError(clean_path, f"reference pair {names} is no moved/clean pair: {problem}")
     console.print(f"realign: reference pair {names}: " + (
         f"{moved_path.name} is the moved label, {clean_path.name} the clean one" if verdict == "label-moved"
-        else f"neither label looks moved ({cfg.label})"))
+        else f"neither label looks moved ({cfg.label})"), soft_wrap=True)
     if verdict == "neither-moved" and not forced:
         _stop_on_flagged(study, f"the reference pair {names} shows no moved {cfg.label} to estimate the fix on")
         console.print("realign: nothing to fix — labels used as they are")
