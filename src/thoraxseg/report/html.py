@@ -485,7 +485,8 @@ class _Report:
     def sec_realign(self) -> str:
         fix = self.s.fix
         if not isinstance(fix, dict):
-            return not_run("Label realignment was not run (the study names no reference pair).")
+            return not_run("Label realignment was not run (no reference pair with a moved label, or "
+                           "realign.enabled: false).")
         items = []
         for label, pats in FIX_FIELDS:
             hit = _find_key(fix, pats)

@@ -150,6 +150,13 @@ def _stop_on_flagged(study: Study, why: str) -> None:
 
 
 def _stage_realign(study: Study) -> dict[str, Any]:
+    """Estimate the label fix on the reference pair and apply it to every case, or say why not.
+
+    ``auto``: a pair whose ``GT.nii.gz`` is the moved one is fixed; without a pair, or with one that
+    shows nothing moved, the labels are used as they are unless ``check`` flags the realign label of
+    any case — then the study stops before training. A pair whose clean label is the one on air
+    stops it too. ``true`` needs a pair and always fixes; ``false`` never does.
+    """
     cfg = study.config.realign
     if cfg.enabled in (False, "false"):
         console.print("realign: disabled (realign.enabled: false) — labels used as they are")
