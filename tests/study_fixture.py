@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from thoraxseg.data.layout import CLEAN_LABEL_NAME
 from thoraxseg.data.volume import Volume, save_label, save_volume
 from thoraxseg.labels import ORGAN_NAMES, Organ
 from thoraxseg.realign.transforms import rotation_matrix_z, translation_matrix
@@ -163,12 +164,49 @@ def _log(arm: str, epochs: int, rng: np.random.Generator) -> pd.DataFrame:
 
 
 def _write_case(folder: Path, pid: str, ct: np.ndarray, gt: np.ndarray, affine: np.ndarray,
-                clean: np.ndarray | None = None) -> None:
+                clean: np.ndarray | None = None, clean_name: str = CLEAN_LABEL_NAME) -> None:
     ref = Volume(ct, affine)
     save_volume(ref, folder / pid / f"{pid}.nii.gz")
     save_label(gt, ref, folder / pid / "GT.nii.gz")
     if clean is not None:
-        save_label(clean, ref, folder / pid / "GT_clean.nii.gz")
+        save_label(clean, ref, folder / pid / clean_name)
+
+
+#: The course's corruption as this fixture applies it (see :func:`move_label`): check flags every moved heart.
+FAKE_MOVE: tuple[float, tuple[float, float, float]] = (-20.0, (4.0, 3.0, 2.0))
+
+
+def build_raw_dataset(root: Path, ids: list[str], moved: bool = True, reference: str | None = None,
+                      clean_name: str = CLEAN_LABEL_NAME, reference_moved: bool | None = None,
+                      shape: tuple[int, int, int] = (80, 80, 36), seed: int = 0) -> Path:
+    """A SegTHOR training layout ``root/train/<id>/{<id>.nii.gz, GT.nii.gz}`` of :func:`synthetic_case` s.
+
+    ``moved`` moves every heart by :data:`FAKE_MOVE` (46–59 % of each moved heart lies on air, 0 % of
+    a clean one); ``reference`` (a patient ID) also gets its clean label as ``clean_name``, and its
+    ``GT.nii.gz`` is moved when ``reference_moved`` (default: ``moved``).
+    """
+    for k, pid in enumerate(ids):
+        ct, lab, affine = synthetic_case(shape, (4.0, 4.0, 7.0), seed=seed * 1000 + k)
+        move = moved if pid != reference or reference_moved is None else reference_moved
+        gt = move_label(lab, int(Organ.HEART), *FAKE_MOVE) if move else lab
+        _write_case(root / "train", pid, ct, gt, affine, clean=lab if pid == reference else None,
+                    clean_name=clean_name)
+    return root
+
+
+#: The cheapest 2D arms for studies that train (one epoch of 32 slices of 64 × 64, width 4: a few seconds each).
+TINY_2D_ARMS: dict[str, dict] = {
+    name: {"model": name, "epochs": 1,
+           "config": {"image_size": 64, "batch_size": 8, "width": 4, "samples_per_epoch": 32}}
+    for name in ("enet", "customnet")
+}
+
+
+def tiny_study_config(data: dict, arms: dict[str, dict] | None = None, **overrides: object) -> dict:
+    """A study config (``thoraxseg study`` YAML content) with the tiny 2D arms and cheap statistics."""
+    return {"name": "tiny", "seed": 0, "device": "cpu", "data": data,
+            "realign": {"enabled": "auto", "label": "heart", "method": "sweep"},
+            "arms": dict(TINY_2D_ARMS) if arms is None else arms, "workers": 1, "n_boot": 200, **overrides}
 
 
 def build_fake_study(root: Path, n_patients: int = 6, n_test: int = 4, arms: tuple[str, ...] = ARMS,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from thoraxseg.cli import main
+from thoraxseg.cli.check import _heart_cell
 from thoraxseg.data.check import check_dataset, label_air_fraction
 from thoraxseg.data.volume import Volume, load_image, load_label, save_label, save_volume
 from thoraxseg.labels import Organ
@@ -138,3 +139,56 @@ def test_help_exits_cleanly(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 0
+
+
+def _course_pair(root: Path, moved_file: str | None) -> tuple[Path, Path]:
+    """Patient_27 with GT.nii.gz and GT2.nii.gz; ``moved_file`` names the one whose heart is moved onto the lung."""
+    _, gt = _make_case(root, "Patient_27")
+    lab = load_label(gt)
+    m = np.eye(4)
+    m[0, 3] = 8.0  # 8 voxels along x: the heart lands on the right 'lung'
+    moved, _ = move_label(lab.array, Organ.HEART, m)
+    gt2 = gt.parent / "GT2.nii.gz"
+    save_label(moved if moved_file == "GT2.nii.gz" else lab.array, lab, gt2)
+    if moved_file == "GT.nii.gz":
+        save_label(moved, lab, gt)
+    return gt, gt2
+
+
+def test_course_pair_says_which_label_is_moved(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "d"
+    gt, gt2 = _course_pair(root, "GT.nii.gz")
+    rep = check_dataset(root, progress=False)
+    (case,) = rep.cases
+    assert rep.ok and case.reference is not None and case.reference.clean == str(gt2)
+    assert case.reference.differing == ["heart"]  # only the heart was moved
+    # the moved GT.nii.gz is warned about like any moved heart; the clean GT2.nii.gz never
+    assert len(case.warnings) == 1 and str(gt) in case.warnings[0] and "GT2" not in case.warnings[0]
+    (note,) = [n for n in case.notes if "reference pair" in n]
+    assert "GT.nii.gz is the moved label, GT2.nii.gz the clean reference" in note
+    # the toy heart sits on soft tissue only; moved by 8 voxels it lies wholly on the 'lung'
+    assert "heart 100% in GT.nii.gz, 0% in GT2.nii.gz" in note
+    clean_heart = next(o for o in case.reference.clean_organs if o.organ == "heart")
+    assert clean_heart.air_fraction == 0.0 and not clean_heart.suspicious
+    assert main(["check", str(root), "--json", str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr().out
+    assert "GT.nii.gz is the moved label, GT2.nii.gz the clean reference" in out
+    heart = next(o for o in case.organs if o.organ == "heart")
+    assert _heart_cell(heart, case.reference) == "100% (GT2.nii.gz 0%)"  # the table's 'heart on air' cell
+    saved = json.loads((tmp_path / "c.json").read_text())["cases"][0]["reference"]
+    assert saved["clean"] == str(gt2) and saved["differing"] == ["heart"]
+
+
+def test_course_pair_without_a_moved_label_needs_no_fix(tmp_path: Path) -> None:
+    _course_pair(tmp_path / "same", None)
+    (case,) = check_dataset(tmp_path / "same", progress=False).cases
+    assert case.warnings == [] and case.reference.differing == []
+    assert any("the two labels are identical: nothing to fix" in n for n in case.notes)
+
+
+def test_course_pair_the_wrong_way_round_warns(tmp_path: Path) -> None:
+    _course_pair(tmp_path / "d", "GT2.nii.gz")
+    (case,) = check_dataset(tmp_path / "d", progress=False).cases
+    (warning,) = case.warnings  # GT.nii.gz is clean here: the one on air is GT2.nii.gz
+    assert "GT2.nii.gz is the one on air, not GT.nii.gz" in warning and "wrong way round" in warning
+    assert not any("is the moved label" in n for n in case.notes)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from thoraxseg.data.layout import discover_cases, find_case_image, labelled_cases
+from thoraxseg.data.layout import CLEAN_LABEL_NAMES, discover_cases, find_case_image, labelled_cases
 from thoraxseg.errors import InputError
 
 
@@ -49,3 +50,28 @@ def test_empty_and_missing_roots(tmp_path: Path) -> None:
 def test_realct_folder_is_a_case(realct_dir: Path) -> None:
     (case,) = discover_cases(realct_dir)
     assert case.patient_id == "Patient_R1" and case.label_path.name == "GT.nii.gz"
+
+
+def test_course_reference_label_gt2_is_the_clean_label(tmp_path: Path) -> None:
+    # the course's copy: Patient_27 holds the moved GT.nii.gz and the clean GT2.nii.gz
+    for pid in ("Patient_26", "Patient_27"):
+        _touch(tmp_path / "train" / pid / f"{pid}.nii.gz")
+        _touch(tmp_path / "train" / pid / "GT.nii.gz")
+    _touch(tmp_path / "train" / "Patient_27" / "GT2.nii.gz")
+    other, ref = discover_cases(tmp_path)
+    assert other.clean_label_path is None
+    assert ref.image_path.name == "Patient_27.nii.gz" and ref.label_path.name == "GT.nii.gz"
+    assert ref.clean_label_path == tmp_path / "train" / "Patient_27" / "GT2.nii.gz"
+    # a reference label without an image is not taken for the image
+    _touch(tmp_path / "lone" / "Patient_05" / "GT2.nii.gz")
+    with pytest.raises(InputError, match="has a label but no image"):
+        discover_cases(tmp_path / "lone")
+
+
+def test_two_reference_labels_in_one_folder_are_refused(tmp_path: Path) -> None:
+    assert CLEAN_LABEL_NAMES[0] == "GT_clean.nii.gz" and "GT2.nii.gz" in CLEAN_LABEL_NAMES
+    folder = tmp_path / "train" / "Patient_27"
+    for name in ("Patient_27.nii.gz", "GT.nii.gz", "GT_clean.nii.gz", "GT2.nii.gz"):
+        _touch(folder / name)
+    with pytest.raises(InputError, match=re.escape("several clean reference labels: GT_clean.nii.gz, GT2.nii.gz")):
+        discover_cases(tmp_path)

@@ -22,6 +22,7 @@ from thoraxseg.data.phantom import (
     Anatomy,
     PatientParams,
     corruption_matrix,
+    course_indices,
     generate_case,
     generate_cohort,
     grid_for,
@@ -338,3 +339,39 @@ def test_full_size_case(tmp_path: Path) -> None:
     ml_small = np.bincount(small.labels.ravel(), minlength=5) * np.prod(small.image.spacing) / 1000
     for o in (Organ.HEART, Organ.AORTA):  # same patient on both grids
         assert abs(ml_full[int(o)] - ml_small[int(o)]) / ml_full[int(o)] < 0.2
+
+
+def test_course_layout(corrupted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "segthor_train"
+    assert main(["phantom", "--out", str(out), "--cases", "2", "--seed", str(SEED), "--corrupt-heart",
+                 "--course-layout"]) == 0
+    assert str(out / "train" / "Patient_27" / "GT2.nii.gz") in capsys.readouterr().out.replace("\n", "")
+    # fewer than 27 patients keep the course's numbering: Patient_01..Patient_{N-1} and the reference Patient_27
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["Patient_01", "Patient_27"]
+    assert sorted(p.name for p in (out / "train" / "Patient_27").iterdir()) == ["GT.nii.gz", "GT2.nii.gz",
+                                                                               "Patient_27.nii.gz"]
+    assert not list(out.rglob("GT_clean*"))
+    first, ref = discover_cases(out)
+    assert first.clean_label_path is None and ref.clean_label_path.name == "GT2.nii.gz"
+    # Patient_01 is the ordinary cohort's Patient_01, byte for byte; Patient_27 is patient index 26
+    for name in ("Patient_01.nii.gz", "GT.nii.gz"):
+        assert (out / "train" / "Patient_01" / name).read_bytes() == (corrupted / "train" / "Patient_01" / name).read_bytes()
+    case = generate_case(SEED, 26, "small")
+    assert np.array_equal(load_label(ref.clean_label_path).array, case.labels)  # GT2: the clean label
+    moved, _ = move_label(case.labels, int(Organ.HEART), corruption_matrix(case.image.shape))
+    assert np.array_equal(load_label(ref.label_path).array, moved)  # GT: moved like every other patient
+    man = json.loads((out / "phantom.json").read_text())
+    assert man["layout"] == "course" and man["reference"] == "train/Patient_27/GT2.nii.gz"
+    assert [p["patient_id"] for p in man["patients"]] == ["Patient_01", "Patient_27"]
+
+
+def test_course_layout_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "c"
+    assert main(["phantom", "--out", str(out), "--cases", "2", "--course-layout"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"thoraxseg: error: {out}: the course layout is the course's corrupted copy: it needs corrupt_heart (--corrupt-heart)"
+    assert main(["phantom", "--out", str(out), "--cases", "41", "--course-layout", "--corrupt-heart"]) == 1
+    assert "the course's copy has 40 patients; --cases 41 is more" in capsys.readouterr().err
+    assert not out.exists()
+    assert [i + 1 for i in course_indices(27)] == list(range(1, 28))
+    assert course_indices(1) == [26]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from thoraxseg.data.check import CheckReport, check_dataset
+from thoraxseg.data.check import CheckReport, OrganPlacement, ReferencePair, check_dataset
 from thoraxseg.utils.atomic import write_json_atomic
 from thoraxseg.utils.progress import console
 
@@ -26,6 +26,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _heart_cell(heart: OrganPlacement | None, pair: ReferencePair | None) -> str:
+    """``41%``, or ``41% (GT2.nii.gz 0%)`` for a reference pair."""
+    cell = f"{heart.air_fraction:.0%}" if heart else "-"
+    clean = next((o for o in pair.clean_organs if o.organ == "heart"), None) if pair else None
+    if pair is not None and clean is not None:
+        cell += f" ({Path(pair.clean).name} {clean.air_fraction:.0%})"
+    return cell
+
+
 def print_report(report: CheckReport) -> None:
     """Print the per-case table (stdout) and one line per problem (errors to stderr)."""
     table = Table(title=f"check: {report.root}", show_lines=False)
@@ -40,7 +49,7 @@ def print_report(report: CheckReport) -> None:
             "×".join(map(str, c.shape)) if c.shape else "-",
             "×".join(f"{s:.3g}" for s in c.spacing_mm) if c.spacing_mm else "-",
             organs,
-            f"{heart.air_fraction:.0%}" if heart else "-",
+            _heart_cell(heart, c.reference),
             f"[{style}]{c.status}[/{style}]",
         )
     if report.cases:

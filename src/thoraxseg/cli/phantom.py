@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from thoraxseg.data.layout import COURSE_CLEAN_LABEL_NAME, COURSE_PATIENTS, COURSE_REFERENCE_PATIENT
 from thoraxseg.data.phantom import SIZES, generate_cohort
 from thoraxseg.utils.progress import console
 
@@ -27,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (must not exist or be empty)")
-    p.add_argument("--cases", type=_positive_int, default=10, metavar="N", help="number of patients (default 10)")
+    p.add_argument("--cases", type=_positive_int, default=None, metavar="N",
+                   help="number of patients (default 10; 40 with --course-layout)")
     p.add_argument("--size", choices=SIZES, default="small",
                    help="small: 128×128×34-57 (3.6-5.5 mm in-plane, ~10 mm slices; CPU work); full: SegTHOR 512×512×135-227 "
                         "(default small)")
@@ -35,15 +37,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corrupt-heart", action="store_true",
                    help="move every heart label with the course's corruption (−27°, shift (50, 40, 15) voxels "
                         "on the 512 grid); Patient_01 keeps GT_clean.nii.gz")
+    p.add_argument("--course-layout", action="store_true",
+                   help="with --corrupt-heart: write the course's SegTHOR copy exactly — the clean reference is "
+                        "Patient_27/GT2.nii.gz next to its moved GT.nii.gz; up to 40 patients, fewer than 27 keep "
+                        "the course's numbering (Patient_01..Patient_{N-1} and Patient_27)")
     p.add_argument("--force", action="store_true", help="replace DIR if it is an earlier phantom cohort")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    out = generate_cohort(args.out, args.cases, size=args.size, seed=args.seed,
-                          corrupt_heart=args.corrupt_heart, overwrite=args.force)
+    cases = args.cases if args.cases is not None else (COURSE_PATIENTS if args.course_layout else 10)
+    out = generate_cohort(args.out, cases, size=args.size, seed=args.seed,
+                          corrupt_heart=args.corrupt_heart, overwrite=args.force, course_layout=args.course_layout)
     what = " with corrupted heart labels" if args.corrupt_heart else ""
-    console.print(f"wrote {args.cases} {args.size} phantom case(s){what} to {out} "
+    if args.course_layout:
+        what += f" in the course layout (reference {out / 'train' / COURSE_REFERENCE_PATIENT / COURSE_CLEAN_LABEL_NAME})"
+    console.print(f"wrote {cases} {args.size} phantom case(s){what} to {out} "
                   f"in {time.perf_counter() - start:.1f} s (parameters: {out / 'phantom.json'})")
     return 0

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = rs.add_parser("estimate", help="estimate the correction from a moved/clean label pair -> fix.json",
                       description="Estimate the voxel matrix that maps the moved label back onto the clean one.")
     e.add_argument("--moved", type=Path, required=True, help="moved (corrupted) label file, e.g. GT.nii.gz")
-    e.add_argument("--clean", type=Path, required=True, help="clean label file of the same patient, e.g. GT_clean.nii.gz")
+    e.add_argument("--clean", type=Path, required=True, help="clean label file of the same patient, e.g. GT_clean.nii.gz or the course's Patient_27/GT2.nii.gz")
     e.add_argument("--label", type=_label, default=2, help="organ code or name to realign (default 2 = heart)")
     e.add_argument("--method", choices=("sweep", "elastix"), default="sweep",
                    help="sweep: centroid + rotation sweep + rigid refinement (default); elastix: itk-elastix "

@@ -13,6 +13,12 @@ label was moved onto the lungs or out of the body (the SegTHOR course
 corruption). The trachea label is the air lumen, so for it a *low* air fraction
 is suspicious. Organs absent from a label file are reported as a note.
 
+A case with a clean reference label next to its ``GT.nii.gz`` (``GT_clean.nii.gz``, or
+``GT2.nii.gz`` in the course's copy: any of
+:data:`thoraxseg.data.layout.CLEAN_LABEL_NAMES`) is a **reference pair**: both labels are measured,
+the one on air is reported as the moved one (a note), the clean one is never warned about, and a
+pair where neither label looks moved is said to need no fix (:func:`pair_verdict`).
+
 Examples
 --------
 >>> import numpy as np
@@ -74,8 +80,22 @@ class OrganPlacement:
 
 
 @dataclass
+class ReferencePair:
+    """The two labels of a reference pair: ``GT.nii.gz`` (placements in ``CaseReport.organs``) and the clean one."""
+
+    label: str  #: path of GT.nii.gz
+    clean: str  #: path of the clean reference label (GT_clean.nii.gz or GT2.nii.gz)
+    clean_organs: list[OrganPlacement] = field(default_factory=list)  #: placements of the clean label
+    differing: list[str] = field(default_factory=list)  #: organs whose voxels differ between the two labels
+
+
+#: :func:`pair_verdict` values: which label of a reference pair sits on air for one organ.
+VERDICTS: tuple[str, ...] = ("label-moved", "neither-moved", "clean-moved", "both-moved", "absent")
+
+
+@dataclass
 class CaseReport:
-    """Validation result of one case."""
+    """Validation result of one case (``reference`` is set for a reference pair)."""
 
     patient_id: str
     image: str
@@ -86,6 +106,7 @@ class CaseReport:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     organs: list[OrganPlacement] = field(default_factory=list)
+    reference: ReferencePair | None = None
 
     @property
     def ok(self) -> bool:
@@ -152,6 +173,64 @@ def _placement_warning(p: OrganPlacement) -> str:
             f"(< {AIR_HU:.0f} HU; mean {p.mean_hu:.0f} HU, expected soft tissue)")
 
 
+def pair_verdict(label_organs: list[OrganPlacement], pair: ReferencePair, organ: str) -> str:
+    """Which label of a reference pair looks moved for ``organ`` (a name from ``thoraxseg.labels``).
+
+    ``label_organs`` are the placements of ``GT.nii.gz`` (``CaseReport.organs``). Returns one of
+    :data:`VERDICTS`: ``"label-moved"`` (``GT.nii.gz`` on air, the reference not: the pair to estimate
+    the fix on), ``"neither-moved"`` (the organ is the same in both labels, or neither is on air:
+    nothing to fix), ``"clean-moved"`` (the reference is the one on air: the pair is the wrong way
+    round), ``"both-moved"`` (no clean reference) or ``"absent"`` (missing from one of the labels).
+    An organ that is the same in both labels is judged ``"neither-moved"`` even where ``check`` flags
+    it: the pair says nothing about it.
+
+    >>> on = OrganPlacement("heart", 10, 1.0, -500.0, 0.4, True)
+    >>> off = OrganPlacement("heart", 10, 1.0, 60.0, 0.0, False)
+    >>> pair = ReferencePair("GT.nii.gz", "GT2.nii.gz", [off], differing=["heart"])
+    >>> pair_verdict([on], pair, "heart"), pair_verdict([off], pair, "heart"), pair_verdict([], pair, "heart")
+    ('label-moved', 'neither-moved', 'absent')
+    """
+    a = next((p for p in label_organs if p.organ == organ), None)
+    b = next((p for p in pair.clean_organs if p.organ == organ), None)
+    if a is None or b is None:
+        return "absent"
+    if organ not in pair.differing:
+        return "neither-moved"
+    return {(True, False): "label-moved", (False, False): "neither-moved", (False, True): "clean-moved",
+            (True, True): "both-moved"}[(a.suspicious, b.suspicious)]
+
+
+def _pair_messages(rep: CaseReport, pair: ReferencePair) -> None:
+    """Add the note (or warning) saying which label of a reference pair is the moved one."""
+    label_name_, clean_name = Path(pair.label).name, Path(pair.clean).name
+    where = f"{Path(pair.label).parent}: reference pair {label_name_} + {clean_name}"
+    label_air = {p.organ: p.air_fraction for p in rep.organs}
+    clean_air = {p.organ: p.air_fraction for p in pair.clean_organs}
+    verdicts = {o: pair_verdict(rep.organs, pair, o) for o in pair.differing}
+
+    def air(organs: list[str]) -> str:
+        return ", ".join(f"{o} {label_air[o]:.0%} in {label_name_}, {clean_air[o]:.0%} in {clean_name}"
+                         for o in organs if o in label_air and o in clean_air)
+
+    moved = [o for o, v in verdicts.items() if v == "label-moved"]
+    swapped = [o for o, v in verdicts.items() if v == "clean-moved"]
+    both = [o for o, v in verdicts.items() if v == "both-moved"]
+    if both:
+        rep.warnings.append(f"{where}: both labels look moved (on air: {air(both)}): no clean reference")
+    if swapped:
+        rep.warnings.append(f"{where}: {clean_name} is the one on air, not {label_name_} "
+                            f"(on air: {air(swapped)}): the pair is the wrong way round")
+    if both or swapped:
+        return
+    if moved:
+        rep.notes.append(f"{where}: {label_name_} is the moved label, {clean_name} the clean reference "
+                         f"(on air: {air(moved)})")
+    elif pair.differing:
+        rep.notes.append(f"{where}: neither label looks moved (on air: {air(pair.differing)}): nothing to fix")
+    else:
+        rep.notes.append(f"{where}: the two labels are identical: nothing to fix")
+
+
 def check_case(case: Case, require_label: bool | None = None) -> CaseReport:
     """Validate one case; never raises for bad input (problems go into the report).
 
@@ -176,6 +255,7 @@ def check_case(case: Case, require_label: bool | None = None) -> CaseReport:
     if case.label_path is None and require_label:
         folder = case.image_path.parent
         rep.errors.append(f"{folder / 'GT.nii.gz'}: missing label file")
+    first: np.ndarray | None = None  # GT.nii.gz's array, compared with the clean reference's
     for label_path in labels_to_check:
         try:
             label = load_label(label_path)
@@ -188,9 +268,14 @@ def check_case(case: Case, require_label: bool | None = None) -> CaseReport:
         if diff is not None:
             rep.errors.append(f"{label_path}: geometry differs from image {case.image_path.name}: {diff}")
             continue
-        if label_path != case.label_path:
-            continue  # the clean reference is validated but its placement is not what we report
         placements = organ_placement(image.array, label.array, image.voxel_volume_ml)
+        if label_path != case.label_path:  # the clean reference: measured, never warned about
+            if first is not None:
+                differing = [label_name(o) for o in ORGANS
+                             if not np.array_equal(first == int(o), label.array == int(o))]
+                rep.reference = ReferencePair(str(case.label_path), str(label_path), placements, differing)
+            continue
+        first = label.array
         rep.organs = placements
         for p in placements:
             if p.suspicious:
@@ -201,6 +286,8 @@ def check_case(case: Case, require_label: bool | None = None) -> CaseReport:
             rep.warnings.append(f"{label_path}: label volume is empty (no organ labelled)")
         elif absent:
             rep.notes.append(f"{label_path}: organs absent: {', '.join(absent)}")
+    if rep.reference is not None and not rep.errors:
+        _pair_messages(rep, rep.reference)
     return rep
 
 

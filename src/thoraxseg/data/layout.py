@@ -2,7 +2,8 @@
 
 Recognised layouts under a root folder ``ROOT``:
 
-* ``ROOT/train/Patient_XX/{Patient_XX.nii.gz, GT.nii.gz[, GT_clean.nii.gz]}`` (SegTHOR training)
+* ``ROOT/train/Patient_XX/{Patient_XX.nii.gz, GT.nii.gz[, GT_clean.nii.gz | GT2.nii.gz]}`` (SegTHOR training;
+  the course's copy ``data/segthor_train/train/`` keeps Patient_27's clean label as ``GT2.nii.gz``)
 * ``ROOT/test/Patient_XX.nii.gz`` (SegTHOR test, no labels)
 * ``ROOT/Patient_XX/{Patient_XX.nii.gz, GT.nii.gz}`` (a plain case folder directly under ROOT)
 * ``ROOT/Patient_XX.nii.gz`` (a flat folder of images or predictions)
@@ -28,11 +29,28 @@ from pathlib import Path
 from thoraxseg.data.volume import is_nifti, nifti_stem
 from thoraxseg.errors import InputError
 
-#: Names treated as the label file of a case folder.
+#: Name of the label file of a case folder (``GT.nii`` is accepted too).
 LABEL_NAME = "GT.nii.gz"
-#: Name of the clean reference label (patient 27 in the course copy; first phantom patient).
+_LABEL_FILES = ("GT.nii.gz", "GT.nii")
+#: Name thoraxseg writes for a clean reference label (``phantom --corrupt-heart``, ``realign corrupt``).
 CLEAN_LABEL_NAME = "GT_clean.nii.gz"
-_LABEL_NAMES = {"GT.nii.gz", "GT.nii", "GT_clean.nii.gz", "GT_clean.nii", "GT2.nii.gz"}
+#: Name of the clean reference label in the course's SegTHOR copy (``Patient_27/GT2.nii.gz``).
+COURSE_CLEAN_LABEL_NAME = "GT2.nii.gz"
+#: Every accepted file name of the clean reference label, the only list of them (a folder may hold one).
+CLEAN_LABEL_NAMES: tuple[str, ...] = (CLEAN_LABEL_NAME, "GT_clean.nii", COURSE_CLEAN_LABEL_NAME, "GT2.nii")
+_LABEL_NAMES = {*_LABEL_FILES, *CLEAN_LABEL_NAMES}
+#: The course's SegTHOR copy (``data/segthor_train/train/``): 40 patients, the clean reference is Patient_27's.
+COURSE_PATIENTS: int = 40
+COURSE_REFERENCE_PATIENT: str = "Patient_27"
+
+
+def reference_names_text() -> str:
+    """The accepted reference-label names for messages, e.g. ``'GT_clean.nii.gz or GT2.nii.gz'``.
+
+    >>> reference_names_text()
+    'GT_clean.nii.gz or GT2.nii.gz'
+    """
+    return " or ".join(n for n in CLEAN_LABEL_NAMES if n.endswith(".nii.gz"))
 
 
 @dataclass(frozen=True)
@@ -48,7 +66,9 @@ class Case:
     label_path
         ``GT.nii.gz`` or None (test cases).
     clean_label_path
-        ``GT_clean.nii.gz`` when present (reference pair for label realignment).
+        The clean reference label when present (any of :data:`CLEAN_LABEL_NAMES`: thoraxseg's
+        ``GT_clean.nii.gz`` or the course's ``GT2.nii.gz``); with ``label_path`` it is the reference
+        pair for label realignment.
     split
         ``"train"``, ``"test"`` or ``""`` (plain layout).
     """
@@ -78,9 +98,11 @@ def _case_from_folder(folder: Path, split: str) -> Case | None:
         return None
     else:
         raise InputError(folder, f"several candidate images: {', '.join(p.name for p in images)}")
-    label = next((folder / n for n in ("GT.nii.gz", "GT.nii") if (folder / n).is_file()), None)
-    clean = next((folder / n for n in ("GT_clean.nii.gz", "GT_clean.nii") if (folder / n).is_file()), None)
-    return Case(folder.name, image, label, clean, split)
+    label = next((folder / n for n in _LABEL_FILES if (folder / n).is_file()), None)
+    cleans = [folder / n for n in CLEAN_LABEL_NAMES if (folder / n).is_file()]
+    if len(cleans) > 1:
+        raise InputError(folder, f"several clean reference labels: {', '.join(p.name for p in cleans)} (keep one)")
+    return Case(folder.name, image, label, cleans[0] if cleans else None, split)
 
 
 def discover_cases(root: str | Path) -> list[Case]:
@@ -98,7 +120,7 @@ def discover_cases(root: str | Path) -> list[Case]:
         if is_nifti(base):
             return [Case(nifti_stem(base), base)]
         raise InputError(base, "not a folder or NIfTI file")
-    if any((base / n).is_file() for n in ("GT.nii.gz", "GT.nii")):
+    if any((base / n).is_file() for n in _LABEL_FILES):
         case = _case_from_folder(base, "")  # ROOT is itself one case folder
         if case:
             return [case]

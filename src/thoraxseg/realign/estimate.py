@@ -1,7 +1,7 @@
 """Estimate the rigid transform that moves a corrupted organ label back onto its clean copy.
 
 Given one *reference pair* — the same patient's moved label (``GT.nii.gz``) and clean label
-(``GT_clean.nii.gz``) on one grid — find the voxel matrix ``F`` (``scipy.ndimage.affine_transform``
+(``GT_clean.nii.gz``, or ``GT2.nii.gz`` in the course's copy) on one grid — find the voxel matrix ``F`` (``scipy.ndimage.affine_transform``
 convention, output voxel → input voxel, axes ``(x, y, z)``) such that
 ``transform_mask(moved, F) ≈ clean``. If the corruption was ``moved = transform_mask(clean, M)``
 then ``F = M⁻¹``. Two methods:
@@ -119,7 +119,7 @@ def estimate_transform(
     ----------
     moved, clean
         Label files (NIfTI) of the same patient on the same grid: the corrupted ``GT.nii.gz``
-        and the reference ``GT_clean.nii.gz``.
+        and the reference ``GT_clean.nii.gz`` (the course's ``GT2.nii.gz``).
     label
         Label code of the organ to realign (default 2, heart).
     method

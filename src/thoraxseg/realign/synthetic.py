@@ -105,13 +105,14 @@ def write_case(
 
     The image is named after the folder (``Patient_01/Patient_01.nii.gz``). Returns the folder.
     """
+    from thoraxseg.data.layout import CLEAN_LABEL_NAME, LABEL_NAME
     from thoraxseg.data.volume import Volume, save_label, save_volume
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     ref = Volume(np.asarray(ct, dtype=np.int16), synthetic_affine(spacing))
     save_volume(ref, out / f"{out.name}.nii.gz")
-    save_label(labels, ref, out / "GT.nii.gz")
+    save_label(labels, ref, out / LABEL_NAME)
     if clean is not None:
-        save_label(clean, ref, out / "GT_clean.nii.gz")
+        save_label(clean, ref, out / CLEAN_LABEL_NAME)
     return out

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from thoraxseg import __version__
+from thoraxseg.data.layout import reference_names_text
 from thoraxseg.errors import ThoraxsegError
 from thoraxseg.labels import ORGAN_NAMES
 from thoraxseg.report import figures
@@ -484,7 +485,8 @@ class _Report:
     def sec_realign(self) -> str:
         fix = self.s.fix
         if not isinstance(fix, dict):
-            return not_run("Label realignment was not run (the study names no reference pair).")
+            return not_run("Label realignment was not run (no reference pair with a moved label, or "
+                           "realign.enabled: false).")
         items = []
         for label, pats in FIX_FIELDS:
             hit = _find_key(fix, pats)
@@ -511,7 +513,8 @@ class _Report:
         label = int(raw_label) if str(raw_label).isdigit() else 2
         ref = next((c for c in s.raw_cases() if c.clean_label_path is not None and c.label_path is not None), None)
         if ref is None:
-            return not_run("No reference pair (GT_clean.nii.gz) in data/raw: no before/after overlay.")
+            return not_run(f"No reference pair (GT.nii.gz + {reference_names_text()}) in data/raw: "
+                           "no before/after overlay.")
         fixed = next((c for c in s.fixed_cases() if c.patient_id == ref.patient_id and c.label_path), None)
         if fixed is None:
             return not_run(f"data/fixed has no GT for {ref.patient_id}: no before/after overlay.")

@@ -36,12 +36,19 @@ class DataSection:
 
 @dataclass
 class RealignSection:
-    """Label fix: ``enabled`` is ``auto`` (when a GT_clean reference pair exists), ``true`` or ``false``."""
+    """Label fix: ``enabled`` is ``auto``, ``true`` or ``false``.
+
+    ``auto`` estimates the fix on a reference pair (``GT.nii.gz`` + a clean label, any of
+    :data:`thoraxseg.data.layout.CLEAN_LABEL_NAMES`: ``GT_clean.nii.gz`` or the course's
+    ``GT2.nii.gz``) whose ``GT.nii.gz`` looks moved; without one it stops the study when ``check``
+    flags the label anywhere. ``true`` requires a pair and always applies; ``false`` trains on the
+    labels as they are.
+    """
 
     enabled: str | bool = "auto"
     label: str = "heart"
     method: str = "sweep"
-    reference: str | None = None  #: patient ID of the reference pair; default: first with GT_clean
+    reference: str | None = None  #: patient ID of the reference pair; default: the first case that has one
 
 
 @dataclass
@@ -90,6 +97,8 @@ class StudyConfig:
             data.root = str((base_dir / data.root).resolve())
         realign = RealignSection(**(raw.get("realign") or {}))
         organ_from_name(realign.label)  # validates
+        if realign.enabled not in ("auto", True, False, "true", "false"):
+            raise ConfigError(f"realign.enabled must be auto, true or false, not {realign.enabled!r}")
         if realign.method not in ("sweep", "elastix"):
             raise ConfigError(f"realign.method must be sweep or elastix, not {realign.method!r}")
         arms: dict[str, ArmSection] = {}

@@ -17,13 +17,13 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import yaml
 
-from thoraxseg.data.layout import Case, discover_cases, labelled_cases
-from thoraxseg.errors import ConfigError, ThoraxsegError
+from thoraxseg.data.layout import Case, discover_cases, labelled_cases, reference_names_text
+from thoraxseg.errors import ConfigError, InputError, ThoraxsegError
 from thoraxseg.labels import organ_from_name
 from thoraxseg.study.config import StudyConfig
 from thoraxseg.utils.atomic import atomic_dir, write_json_atomic, write_text_atomic
@@ -116,24 +116,81 @@ def _stage_check(study: Study) -> dict[str, Any]:
 
 
 def _reference_case(study: Study) -> Case | None:
+    """The case whose ``GT.nii.gz`` + clean label (any of ``CLEAN_LABEL_NAMES``) estimate the fix."""
     cases = discover_cases(study.raw)
     wanted = study.config.realign.reference
     if wanted:
         match = [c for c in cases if c.patient_id == wanted]
         if not match or match[0].clean_label_path is None or match[0].label_path is None:
-            raise ConfigError(f"realign.reference {wanted!r}: no case with both GT.nii.gz and GT_clean.nii.gz")
+            raise ConfigError(f"realign.reference {wanted!r}: no case with both GT.nii.gz and a clean label "
+                              f"({reference_names_text()}) in {study.raw}")
         return match[0]
     return next((c for c in cases if c.clean_label_path is not None and c.label_path is not None), None)
 
 
+def _flagged_cases(study: Study, organ: str) -> list[str]:
+    """Patients whose ``GT.nii.gz`` ``organ`` label ``check`` flags as misplaced (from ``check.json``)."""
+    doc = json.loads((study.root / "check.json").read_text(encoding="utf-8"))
+    return [c["patient_id"] for c in doc.get("cases", [])
+            if any(o["organ"] == organ and o["suspicious"] for o in c.get("organs", []))]
+
+
+def _stop_on_flagged(study: Study, why: str) -> None:
+    """Refuse to go on to training when ``check`` flags the realign label of any case (``why``: no fix)."""
+    organ = study.config.realign.label
+    flagged = _flagged_cases(study, organ)
+    if not flagged:
+        return
+    shown = ", ".join(flagged[:5]) + (f" and {len(flagged) - 5} more" if len(flagged) > 5 else "")
+    raise ConfigError(
+        f"realign.enabled: {study.config.realign.enabled}: check flags the {organ} label of {len(flagged)} "
+        f"case(s) as misplaced ({shown}; {study.root / 'check.json'}) but {why} — fix the labels, put the "
+        f"clean label of one patient next to its GT.nii.gz as {reference_names_text()} (realign.reference names "
+        "that patient), or set realign.enabled: false to train on these labels anyway; then re-run with --force")
+
+
 def _stage_realign(study: Study) -> dict[str, Any]:
+    """Estimate the label fix on the reference pair and apply it to every case, or say why not.
+
+    ``auto``: a pair whose ``GT.nii.gz`` is the moved one is fixed; without a pair, or with one that
+    shows nothing moved, the labels are used as they are unless ``check`` flags the realign label of
+    any case — then the study stops before training. A pair whose clean label is the one on air
+    stops it too. ``true`` needs a pair and always fixes; ``false`` never does.
+    """
     cfg = study.config.realign
-    ref = _reference_case(study) if cfg.enabled in ("auto", True, "true") else None
-    if ref is None:
-        if cfg.enabled is True or cfg.enabled == "true":
-            raise ConfigError("realign.enabled is true but no reference pair (GT.nii.gz + GT_clean.nii.gz) exists")
-        console.print("realign: no reference pair (GT_clean.nii.gz) — labels used as they are")
+    if cfg.enabled in (False, "false"):
+        console.print("realign: disabled (realign.enabled: false) — labels used as they are")
         return {"applied": False}
+    forced = cfg.enabled in (True, "true")
+    ref = _reference_case(study)
+    if ref is None:
+        if forced:
+            raise ConfigError(f"realign.enabled is true but no reference pair (GT.nii.gz + {reference_names_text()})"
+                              f" exists in {study.raw}")
+        _stop_on_flagged(study, f"no case has a reference pair (GT.nii.gz + {reference_names_text()})")
+        console.print(f"realign: no reference pair ({reference_names_text()}) and no misplaced {cfg.label} label "
+                      "— labels used as they are", soft_wrap=True)
+        return {"applied": False}
+    from thoraxseg.data.check import check_case, pair_verdict
+
+    moved_path, clean_path = cast(Path, ref.label_path), cast(Path, ref.clean_label_path)  # a pair, see above
+    pair = check_case(ref)
+    if pair.errors or pair.reference is None:
+        raise ThoraxsegError(f"{ref.image_path.parent}: reference pair unreadable: {'; '.join(pair.errors)}")
+    verdict = pair_verdict(pair.organs, pair.reference, cfg.label)
+    names = f"{ref.patient_id} ({moved_path.name} + {clean_path.name})"
+    if verdict in ("clean-moved", "both-moved", "absent"):
+        problem = {"clean-moved": f"the {cfg.label} of {clean_path.name} is the one on air, not {moved_path.name}'s",
+                   "both-moved": f"the {cfg.label} of both labels is on air",
+                   "absent": f"the {cfg.label} is missing from one of the labels"}[verdict]
+        raise InputError(clean_path, f"reference pair {names} is no moved/clean pair: {problem}")
+    console.print(f"realign: reference pair {names}: " + (
+        f"{moved_path.name} is the moved label, {clean_path.name} the clean one" if verdict == "label-moved"
+        else f"neither label looks moved ({cfg.label})"), soft_wrap=True)
+    if verdict == "neither-moved" and not forced:
+        _stop_on_flagged(study, f"the reference pair {names} shows no moved {cfg.label} to estimate the fix on")
+        console.print("realign: nothing to fix — labels used as they are")
+        return {"applied": False, "reference": ref.patient_id, "verdict": verdict}
     from thoraxseg.data.check import check_dataset
     from thoraxseg.realign.apply import apply_transform_to_dataset
     from thoraxseg.realign.estimate import estimate_transform
@@ -141,7 +198,7 @@ def _stage_realign(study: Study) -> dict[str, Any]:
     label = int(organ_from_name(cfg.label))
     out = study.root / "realign"
     out.mkdir(parents=True, exist_ok=True)
-    fix = estimate_transform(ref.label_path, ref.clean_label_path, label=label, method=cfg.method)
+    fix = estimate_transform(moved_path, clean_path, label=label, method=cfg.method)
     write_json_atomic(out / "fix.json", fix)
     fixed = study.root / "data" / "fixed"
     if fixed.exists():
@@ -154,11 +211,12 @@ def _stage_realign(study: Study) -> dict[str, Any]:
         overlay_png = None
     if overlay_png is not None:
         fixed_case = next(c for c in discover_cases(fixed) if c.patient_id == ref.patient_id)
-        overlay_png(ref.image_path, ref.label_path, fixed_case.label_path, ref.clean_label_path, label,
+        overlay_png(ref.image_path, moved_path, fixed_case.label_path, clean_path, label,
                     out / "overlay.png")
     after = check_dataset(fixed, progress=False)
     write_json_atomic(study.root / "check_fixed.json", after.to_dict())
-    return {"applied": True, "reference": ref.patient_id, "warnings_after": after.n_warnings}
+    return {"applied": True, "reference": ref.patient_id, "reference_label": str(clean_path),
+            "verdict": verdict, "warnings_after": after.n_warnings}
 
 
 def _stage_split(study: Study) -> dict[str, Any]:

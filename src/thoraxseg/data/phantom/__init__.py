@@ -14,6 +14,7 @@ from thoraxseg.data.phantom.generator import (
     SIZES,
     PhantomCase,
     corruption_matrix,
+    course_indices,
     generate_case,
     generate_cohort,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "PatientParams",
     "PhantomCase",
     "corruption_matrix",
+    "course_indices",
     "generate_case",
     "generate_cohort",
     "grid_for",

@@ -27,6 +27,12 @@ import numpy as np
 from scipy import ndimage
 
 from thoraxseg import __version__
+from thoraxseg.data.layout import (
+    CLEAN_LABEL_NAME,
+    COURSE_CLEAN_LABEL_NAME,
+    COURSE_PATIENTS,
+    COURSE_REFERENCE_PATIENT,
+)
 from thoraxseg.data.phantom.anatomy import Anatomy, PatientParams, grid_for, sample_patient
 from thoraxseg.data.phantom.geometry import (
     FAR,
@@ -708,6 +714,22 @@ def _check_out(out: Path, overwrite: bool) -> bool:
     return True
 
 
+def course_indices(cases: int) -> list[int]:
+    """0-based patient indices of a ``cases``-patient cohort in the course layout.
+
+    ``cases`` ≥ 27 gives ``Patient_01..Patient_NN`` like the course's copy (at most its 40 patients);
+    fewer keep the course's numbering with the reference ``Patient_27`` always included:
+    ``Patient_01..Patient_{N-1}`` and ``Patient_27``. Each patient is the same as in the full cohort.
+
+    >>> course_indices(3), len(course_indices(40)), course_indices(27)[-1]
+    ([0, 1, 26], 40, 26)
+    """
+    ref = int(COURSE_REFERENCE_PATIENT.rsplit("_", 1)[1]) - 1
+    if not 1 <= cases <= COURSE_PATIENTS:
+        raise ValueError(f"the course layout has 1..{COURSE_PATIENTS} patients, not {cases}")
+    return list(range(cases)) if cases > ref else [*range(cases - 1), ref]
+
+
 def generate_cohort(
     out: str | Path,
     cases: int,
@@ -716,6 +738,7 @@ def generate_cohort(
     corrupt_heart: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    course_layout: bool = False,
 ) -> Path:
     """Write a synthetic cohort in the SegTHOR training layout; return ``out``.
 
@@ -744,12 +767,25 @@ def generate_cohort(
         Replace an existing phantom cohort at ``out``.
     progress
         Show a progress bar on stderr.
+    course_layout
+        Write the course's SegTHOR copy (``data/segthor_train``) exactly: needs ``corrupt_heart``; the clean
+        reference is ``Patient_27/GT2.nii.gz`` (next to its moved ``GT.nii.gz``) instead of
+        ``Patient_01/GT_clean.nii.gz``; patients as :func:`course_indices` (``cases`` ≤ 40; fewer than
+        27 keep the course's numbering and include Patient_27).
     """
     out = Path(out)
     if size not in SIZES:
         raise InputError(out, f"unknown size {size!r}; expected one of {', '.join(SIZES)}")
     if int(cases) < 1:
         raise InputError(out, f"need at least 1 case, got {cases}")
+    if course_layout and not corrupt_heart:
+        raise InputError(out, "the course layout is the course's corrupted copy: it needs corrupt_heart "
+                              "(--corrupt-heart)")
+    if course_layout and int(cases) > COURSE_PATIENTS:
+        raise InputError(out, f"the course's copy has {COURSE_PATIENTS} patients; --cases {cases} is more")
+    indices = course_indices(int(cases)) if course_layout else list(range(int(cases)))
+    ref_index = indices[-1] if course_layout else 0
+    clean_name = COURSE_CLEAN_LABEL_NAME if course_layout else CLEAN_LABEL_NAME
     replace = _check_out(out, overwrite)
     if replace and not any(out.iterdir()):
         out.rmdir()
@@ -760,6 +796,8 @@ def generate_cohort(
         "size": size,
         "cases": int(cases),
         "corrupt_heart": bool(corrupt_heart),
+        "layout": "course" if course_layout else "segthor",
+        "reference": (f"train/Patient_{ref_index + 1:02d}/{clean_name}" if corrupt_heart else None),
         "axis_order": "(x, y, z) NIfTI voxel order; voxel axes point to patient left, posterior, cranial "
                       "(nibabel aff2axcodes ('L', 'P', 'S')); affine maps voxels to RAS+ mm",
         "patient_frame": "params in mm/HU: X left, Y posterior, Z cranial; X=Y=0 body centre, Z=0 carina",
@@ -773,7 +811,7 @@ def generate_cohort(
             ThreadPoolExecutor(max_workers=1) as writer:
         task = bar.add_task(f"phantom ({size})", total=int(cases)) if progress else None
         pending = None
-        for i in range(int(cases)):
+        for i in indices:
             case = generate_case(seed, i, size)
             folder = tmp / "train" / case.patient_id
             folder.mkdir(parents=True)
@@ -802,8 +840,8 @@ def generate_cohort(
                     }
                 moved, clash = move_label(labels, int(Organ.HEART), matrix)
                 row["heart_voxels_dropped_on_other_organs"] = clash
-                if i == 0:
-                    save_label(labels, case.image, folder / "GT_clean.nii.gz")
+                if i == ref_index:
+                    save_label(labels, case.image, folder / clean_name)
                 labels = moved
             save_label(labels, case.image, folder / "GT.nii.gz")
             row["params"] = case.params.to_dict()
