@@ -5,10 +5,9 @@ this tree (slices resampled to one pixel size, ``preprocessing: spacing``) and o
 tree (``--baseline``, e.g. a ``git worktree`` of the commit before the change, which pads each slice
 to a square and resizes it). Each model then predicts the same held-out patients on four grids:
 
-* ``small``   — the grid it was trained on (128 × 128, 3.6–5.5 mm);
-* ``full``    — the same patients regenerated with ``--size full`` (512 × 512, 0.9–1.4 mm, 2–3 mm slices);
-* ``crop200`` — the small grid cropped to a 200 mm in-plane field of view around the mediastinum;
-* ``pad650``  — the small grid padded with air to a 650 mm field of view.
+``small`` (the grid it was trained on), ``full`` (the same patients regenerated on the 512 × 512 grid),
+``crop200`` (cropped to a 200 mm field of view around the mediastinum) and ``pad650`` (padded with air
+to 650 mm) — :func:`thoraxseg.data.phantom.field_of_view_variants`.
 
 Printed: mean Dice per organ on each grid and its difference to ``small`` (target: within 0.05 with
 the new preprocessing), training images/s and prediction seconds per volume for both trees (target:
@@ -33,13 +32,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from thoraxseg.data.phantom import generate_case, generate_cohort
-from thoraxseg.data.volume import Volume, load_label, save_label, save_volume
+from thoraxseg.data.phantom import VARIANTS, field_of_view_variants, generate_cohort
+from thoraxseg.data.volume import load_label, save_label, save_volume
 from thoraxseg.labels import ORGAN_NAMES
 from thoraxseg.training.trainer import dice_per_organ
 
 ROOT = Path(__file__).resolve().parents[1]
-GRIDS = ("small", "full", "crop200", "pad650")
+GRIDS = VARIANTS
 N_TRAIN = 12
 
 
@@ -48,38 +47,15 @@ def _load() -> str:
     return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f}"
 
 
-def _shifted(volume: Volume, array: np.ndarray, offset: tuple[int, int]) -> Volume:
-    """``array`` on ``volume``'s grid moved by ``offset`` voxels in-plane (origin adjusted)."""
-    affine = volume.affine.copy()
-    affine[:3, 3] = volume.affine[:3, :3] @ np.array([offset[0], offset[1], 0.0]) + volume.affine[:3, 3]
-    return Volume(array, affine)
-
-
 def make_test_grids(work: Path, indices: list[int], seed: int) -> None:
     """Write ``work/test/<grid>/Patient_XX.nii.gz`` and ``work/gt/<grid>/Patient_XX.nii.gz``."""
     for index in indices:
         name = f"Patient_{index + 1:02d}"
-        small = generate_case(seed, index, "small")
-        full = generate_case(seed, index, "full")
-        image, labels = small.image, small.labels
-        sx, sy = image.spacing[:2]
-        cx, cy = (float(v) for v in np.argwhere(labels > 0)[:, :2].mean(axis=0))
-        hx, hy = round(100.0 / sx), round(100.0 / sy)
-        x0, y0 = max(0, round(cx) - hx), max(0, round(cy) - hy)
-        x1, y1 = min(image.shape[0], x0 + 2 * hx), min(image.shape[1], y0 + 2 * hy)
-        px, py = (max(0, round((650.0 / s - n) / 2)) for s, n in ((sx, image.shape[0]), (sy, image.shape[1])))
-        grids = {
-            "small": (image, labels),
-            "full": (full.image, full.labels),
-            "crop200": (_shifted(image, image.array[x0:x1, y0:y1].copy(), (x0, y0)), labels[x0:x1, y0:y1].copy()),
-            "pad650": (_shifted(image, np.pad(image.array, ((px, px), (py, py), (0, 0)), constant_values=-1000),
-                                (-px, -py)), np.pad(labels, ((px, px), (py, py), (0, 0)))),
-        }
-        for grid, (vol, lab) in grids.items():
+        for grid, (image, labels) in field_of_view_variants(seed, index).items():
             (work / "test" / grid).mkdir(parents=True, exist_ok=True)
             (work / "gt" / grid).mkdir(parents=True, exist_ok=True)
-            save_volume(vol, work / "test" / grid / f"{name}.nii.gz")
-            save_label(lab.astype(np.uint8), vol, work / "gt" / grid / f"{name}.nii.gz")
+            save_volume(image, work / "test" / grid / f"{name}.nii.gz")
+            save_label(labels.array, image, work / "gt" / grid / f"{name}.nii.gz")
 
 
 def _thoraxseg(tree: Path, args: list[str]) -> float:

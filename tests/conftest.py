@@ -38,3 +38,11 @@ def tiny_volume() -> Volume:
     affine = np.diag([0.9, 0.9, 2.5, 1.0])
     affine[:3, 3] = [-10.0, 20.0, -100.0]
     return Volume(arr, affine)
+
+
+@pytest.fixture(scope="session")
+def phantom_2d_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CustomNet run trained once per session on small phantoms (see ``tests/trained_fixture.py``)."""
+    from trained_fixture import train_shared_run
+
+    return train_shared_run(tmp_path_factory.mktemp("phantom_2d_run"))

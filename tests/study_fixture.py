@@ -305,7 +305,9 @@ def build_fake_study(root: Path, n_patients: int = 6, n_test: int = 4, arms: tup
         if with_logs:
             (arm_dir / "run").mkdir(parents=True, exist_ok=True)
             _log(arm, 30, rng).to_csv(arm_dir / "run" / "log.csv", index=False)
-            (arm_dir / "run" / "config.yaml").write_text(f"model: {arm}\nepochs: 30\n")
+            extra = ("plans: cpu\n" if arm.startswith("nnunet")
+                     else "image_size: 128\npreprocessing: spacing\nspacing_mm: 3.125\n")
+            (arm_dir / "run" / "config.yaml").write_text(f"model: {arm}\nepochs: 30\n{extra}")
     if with_compare and len(arms) >= 2:
         from thoraxseg.stats.compare import compare_arms
 

@@ -164,6 +164,9 @@ def test_full_report_content(full_report: tuple[Path, str]) -> None:
     stats = _section(html, "statistics")
     assert "Over- vs under-segmentation" in stats and "Source: compare/stats.csv" in stats
     assert "Wilcoxon" in stats or "t-test" in stats
+    training = _section(html, "training")
+    # what a pixel is, per arm (from each run's config.yaml)
+    assert training.count("128×128 crops at 3.125 mm/pixel") == 2 and "nnU-Net cpu plan" in training
     cases = _section(html, "cases")
     assert cases.count("best: Patient_") == 0 and cases.count("<img") == len(ARMS)  # titles are in the images
     images = _images(html)

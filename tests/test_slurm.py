@@ -18,7 +18,7 @@ from thoraxseg.training.slurm import SlurmSpec, sbatch_script
 def _script(tmp_path: Path, *extra: str, path: Path | None = None) -> str:
     args = ["slurm", "train", "--model", "customnet", "--data", str(tmp_path / "my data"),
             "--out", str(tmp_path / "run"), "--partition", "gpu-a100", "--gpus", "4", "--nodes", "2",
-            "--time", "1-12:00:00", "--epochs", "100", "--image-size", "256", "--mem", "200G",
+            "--time", "1-12:00:00", "--epochs", "100", "--image-size", "256", "--spacing-mm", "1.8", "--mem", "200G",
             "--setup", "module load cuda/12.4", "--set", "loss.class_weights.esophagus=0.4", *extra]
     if path is not None:
         args += ["--script", str(path)]
@@ -41,6 +41,7 @@ def test_script_requests_the_resources_and_runs_torchrun(tmp_path: Path) -> None
     assert f"--data '{tmp_path / 'my data'}'" in train_line  # quoted path with a space
     assert "--device cuda" in train_line and "--epochs 100" in train_line and "--workers 7" in train_line
     assert "--set loss.class_weights.esophagus=0.4" in train_line
+    assert "--image-size 256 --spacing-mm 1.8" in train_line
     assert os.stat(tmp_path / "run" / "slurm_train.sbatch").st_mode & stat.S_IXUSR
 
 

@@ -12,6 +12,7 @@ import yaml
 from test_predict2d import ThresholdNet, _threshold, make_run
 from test_training_toydata import make_toy_cohort
 from thoraxseg.data.layout import labelled_cases
+from thoraxseg.data.phantom import VARIANTS, field_of_view_variants
 from thoraxseg.data.volume import Volume, load_label, save_volume
 from thoraxseg.errors import ConfigError
 from thoraxseg.inference import predict
@@ -28,7 +29,8 @@ from thoraxseg.training.data2d import (
     load_cases,
     to_network_grid,
 )
-from thoraxseg.training.trainer import make_loader
+from thoraxseg.training.trainer import dice_per_organ, make_loader
+from trained_fixture import HELD_OUT, PHANTOM_SEED
 
 
 def _onehot(grid: torch.Tensor) -> torch.Tensor:
@@ -173,3 +175,35 @@ def test_a_run_made_before_the_change_predicts_as_before_and_says_so_once(tmp_pa
     assert "trained before" not in capsys.readouterr().out
     for a, b in zip(written_old, written_square, strict=True):
         assert np.array_equal(load_label(a).array, load_label(b).array)
+
+
+# ----------------------------------------------------------------------------- invariance (slow)
+
+
+def _predict_dice(run: Path, image: Volume, labels: Volume, folder: Path) -> dict[str, float]:
+    (folder / "in").mkdir(parents=True)
+    save_volume(image, folder / "in" / "Patient_01.nii.gz")
+    written = predict(run, folder / "in", folder / "out")
+    pred = load_label(written[0])
+    assert pred.shape == image.shape and np.array_equal(pred.affine, image.affine)  # the source geometry
+    return dice_per_organ(pred.array, labels.array)
+
+
+@pytest.mark.slow
+def test_a_model_predicts_the_same_on_another_grid_and_field_of_view(phantom_2d_run: Path, tmp_path: Path) -> None:
+    """Trained on the small grid, the model finds the organs as well on a 4× finer grid, a 200 mm crop and
+    a 650 mm field of view (the pre-0.2 square resize lost the heart on the crop)."""
+    config = yaml.safe_load((phantom_2d_run / "config.yaml").read_text())
+    assert config["preprocessing"] == "spacing" and 2.5 < config["spacing_mm"] < 6.0  # derived: median FOV / 128
+    dice: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
+    for index in HELD_OUT:
+        for variant, (image, labels) in field_of_view_variants(PHANTOM_SEED, index).items():
+            dice[variant].append(_predict_dice(phantom_2d_run, image, labels, tmp_path / f"{index}_{variant}"))
+    mean = {v: {o: float(np.mean([d[o] for d in rows])) for o in ("heart", "aorta")} for v, rows in dice.items()}
+    # the shared run is competent on its own grid, so agreement on the others is not vacuous
+    assert mean["small"]["heart"] > 0.75 and mean["small"]["aorta"] > 0.5, mean
+    for variant in ("full", "crop200", "pad650"):
+        for organ in ("heart", "aorta"):
+            # Bound: 0.05 Dice is the issue's target for the mean over patients; with 2 patients and a
+            # 10-epoch model the per-organ spread between grids measured ≤ ... (README, benchmark table)
+            assert abs(mean[variant][organ] - mean["small"][organ]) <= 0.05, (variant, organ, mean)

@@ -17,7 +17,8 @@ def train_argv(args: argparse.Namespace, device: str) -> list[str]:
         argv += ["--config", str(args.config.expanduser().resolve())]
     options = {
         "--epochs": args.epochs, "--seed": args.seed, "--batch-size": args.batch_size, "--lr": args.lr,
-        "--schedule": args.schedule, "--image-size": args.image_size, "--width": args.width,
+        "--schedule": args.schedule, "--image-size": args.image_size, "--spacing-mm": args.spacing_mm,
+        "--width": args.width,
         "--val-fraction": args.val_fraction, "--samples-per-epoch": args.samples_per_epoch,
         "--workers": args.num_workers, "--threads": args.threads, "--folds": args.folds,
         "--iterations-per-epoch": args.iterations_per_epoch, "--plans": args.plans,

@@ -36,7 +36,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, help="slices per step and process (default 8)")
     g.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
     g.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default none)")
-    g.add_argument("--image-size", type=int, help="network input side in pixels (default 256)")
+    g.add_argument("--image-size", type=int, help="side of the square training crops in pixels (default 256)")
+    g.add_argument("--spacing-mm", type=float, help="in-plane pixel size in mm every slice is resampled to "
+                   "(default: the training set's median field of view / image size)")
     g.add_argument("--width", type=int, help="network width (default: ENet 16, CustomNet 64)")
     g.add_argument("--val-fraction", type=float, help="fraction of patients for validation (default 0.2)")
     g.add_argument("--samples-per-epoch", type=int, help="random training slices per epoch (default: all)")
@@ -57,7 +59,7 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword overrides for :func:`thoraxseg.training.train` from parsed arguments."""
     overrides: dict[str, Any] = {
         "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr, "schedule": args.schedule,
-        "image_size": args.image_size, "width": args.width, "val_fraction": args.val_fraction,
+        "image_size": args.image_size, "spacing_mm": args.spacing_mm, "width": args.width, "val_fraction": args.val_fraction,
         "samples_per_epoch": args.samples_per_epoch, "num_workers": args.num_workers, "amp": args.amp,
         "threads": args.threads,
         "augment.enabled": args.augment_enabled,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +92,33 @@ class Volume:
         if array.shape != self.array.shape:
             raise ValueError(f"shape {array.shape} differs from {self.array.shape}")
         return Volume(array, self.affine.copy(), self.header, None)
+
+
+def reframe(volume: Volume, lo: Sequence[int], hi: Sequence[int], fill: float = 0) -> Volume:
+    """The voxels ``lo … hi − 1`` (per axis, ``(x, y, z)``) of ``volume`` on a grid of their own.
+
+    Indices outside the volume are filled with ``fill`` (e.g. −1000 HU of air, or 0 for labels),
+    so one call crops to a smaller field of view or pads to a larger one; the affine is moved so
+    that every voxel keeps its world position (mm).
+
+    >>> v = Volume(np.arange(24, dtype=np.int16).reshape(2, 3, 4), np.diag([2.0, 2.0, 3.0, 1.0]))
+    >>> w = reframe(v, (-1, 1, 0), (3, 3, 4), fill=-1)
+    >>> w.shape, w.origin, int(w.array[1, 0, 0]), int(w.array[0, 0, 0])
+    ((4, 2, 4), (-2.0, 2.0, 0.0), 4, -1)
+    """
+    lo_a = np.asarray(lo, dtype=np.int64)
+    hi_a = np.asarray(hi, dtype=np.int64)
+    shape = np.asarray(volume.shape)
+    if lo_a.shape != (3,) or hi_a.shape != (3,) or np.any(hi_a <= lo_a):
+        raise ValueError(f"need lo < hi on each of 3 axes, got {tuple(lo)} and {tuple(hi)}")
+    out = np.full(tuple(hi_a - lo_a), fill, dtype=volume.array.dtype)
+    src_lo, src_hi = np.maximum(lo_a, 0), np.minimum(hi_a, shape)
+    if np.all(src_hi > src_lo):
+        dst = tuple(slice(a - b, c - b) for a, b, c in zip(src_lo, lo_a, src_hi, strict=True))
+        out[dst] = volume.array[tuple(slice(a, b) for a, b in zip(src_lo, src_hi, strict=True))]
+    affine = volume.affine.copy()
+    affine[:3, 3] = volume.affine[:3, :3] @ lo_a.astype(np.float64) + volume.affine[:3, 3]
+    return Volume(out, affine)
 
 
 def is_nifti(path: str | Path) -> bool:

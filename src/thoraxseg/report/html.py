@@ -641,11 +641,18 @@ class _Report:
             tl = pd.to_numeric(log.get("train_loss", pd.Series(dtype=float)), errors="coerce").dropna()
             best = (f"{vd.max():.3f} (epoch {log['epoch'].iloc[int(vd.idxmax())]})"
                     if vd.notna().any() else "—")
-            rows.append([arm, str(len(log)), best, f"{tl.iloc[-1]:.4f}" if len(tl) else "—",
+            rows.append([arm, _network_input(self.s.run_configs.get(arm)), str(len(log)), best,
+                         f"{tl.iloc[-1]:.4f}" if len(tl) else "—",
                          _duration(float(secs.sum())) if secs.notna().any() else "—"])
         note = not_run(f"No log.csv for: {', '.join(missing)}.") if missing else ""
         png = figures.training_curves_png(logs)
-        return (table_html(["arm", "epochs", "best val. mean Dice", "final train loss", "training time"], rows)
+        return (table_html(["arm", "network input", "epochs", "best val. mean Dice", "final train loss",
+                            "training time"], rows, left_cols=2)
+                + '<p class="small muted">2D arms: every axial slice is resampled to one pixel size in mm, so an '
+                "organ has the same size in pixels on every scan (training uses crops of the resampled slices, "
+                "prediction the whole slice); “square-resized” runs (made before thoraxseg 0.2) pad each slice "
+                "to a square and resize it, so their pixel size depends on each scan's field of view. nnU-Net "
+                "resamples to its plan's 3D target spacing.</p>"
                 + note + figure_html(png, "training curves", "Per arm: training (solid) and validation (dashed) loss; "
                                      "validation Dice per organ and their mean (black) by epoch."))
 
@@ -825,6 +832,24 @@ def _mark_p(p: Any) -> str:
 def _span(values: np.ndarray) -> str:
     lo, hi = float(np.min(values)), float(np.max(values))
     return f"{lo:.2f}" if abs(hi - lo) < 5e-3 else f"{lo:.2f}–{hi:.2f}"
+
+
+def _network_input(cfg: dict | None) -> str:
+    """What an arm's network sees, from its resolved ``run/config.yaml`` (``—`` when unknown)."""
+    if not cfg:
+        return "—"
+    if str(cfg.get("model", "")).startswith("nnunet"):
+        return f"3D patches, nnU-Net {cfg.get('plans', 'default')} plan"
+    if "image_size" not in cfg:
+        return "—"
+    from thoraxseg.errors import InputError
+    from thoraxseg.inference.predict2d import run_spacing_mm
+    from thoraxseg.training.data2d import grid_text
+
+    try:
+        return grid_text(int(cfg["image_size"]), run_spacing_mm(cfg))
+    except (InputError, TypeError, ValueError):
+        return "—"
 
 
 def _duration(seconds: float) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import yaml
 
 from thoraxseg.data.layout import Case, discover_cases
 from thoraxseg.data.volume import load_image, load_label
@@ -57,6 +58,8 @@ class Study:
         Arm names (folders under ``arms/``) in display order.
     metrics, logs
         Per-arm ``metrics.csv`` and ``run/log.csv`` tables (arms without one are absent).
+    run_configs
+        Per-arm resolved ``run/config.yaml`` (arms without one are absent).
     stats, shift
         ``compare/stats.csv`` and ``compare/shift.csv`` tables.
     problems
@@ -75,6 +78,7 @@ class Study:
     arms: list[str] = field(default_factory=list)
     metrics: dict[str, pd.DataFrame] = field(default_factory=dict)
     logs: dict[str, pd.DataFrame] = field(default_factory=dict)
+    run_configs: dict[str, dict] = field(default_factory=dict)
     stats: pd.DataFrame | None = None
     shift: pd.DataFrame | None = None
     summary_txt: str | None = None
@@ -194,6 +198,15 @@ def load_study(root: str | Path) -> Study:
             study.logs[arm] = log
         elif log is not None:
             study._problem(arms_dir / arm / "run" / "log.csv", "no epoch column or no rows")
+        cfg_path = arms_dir / arm / "run" / "config.yaml"
+        if cfg_path.is_file():
+            try:
+                cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError) as exc:
+                study._problem(cfg_path, f"unreadable ({type(exc).__name__})")
+            else:
+                if isinstance(cfg, dict):
+                    study.run_configs[arm] = cfg
     study.stats = _read_csv(study, base / "compare" / "stats.csv")
     study.shift = _read_csv(study, base / "compare" / "shift.csv")
     summary = base / "compare" / "summary.txt"

@@ -7,6 +7,7 @@ patient's left, posterior and cranial (``('L', 'P', 'S')``).
 
 * :mod:`~thoraxseg.data.phantom.anatomy` — per-patient parameters and shapes (mm).
 * :mod:`~thoraxseg.data.phantom.generator` — intensities, partial volume, noise, files.
+* :mod:`~thoraxseg.data.phantom.views` — the same patient on other grids and fields of view.
 """
 
 from thoraxseg.data.phantom.anatomy import Anatomy, PatientParams, grid_for, sample_patient
@@ -18,14 +19,17 @@ from thoraxseg.data.phantom.generator import (
     generate_case,
     generate_cohort,
 )
+from thoraxseg.data.phantom.views import VARIANTS, field_of_view_variants
 
 __all__ = [
     "SIZES",
+    "VARIANTS",
     "Anatomy",
     "PatientParams",
     "PhantomCase",
     "corruption_matrix",
     "course_indices",
+    "field_of_view_variants",
     "generate_case",
     "generate_cohort",
     "grid_for",
