@@ -89,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, required=True, help="tree of the commit to compare with")
     parser.add_argument("--work", type=Path, default=None, help="keep data and runs here (default: temporary)")
-    parser.add_argument("--arms", nargs="+", default=["enet", "customnet"], choices=["enet", "customnet"])
+    parser.add_argument("--arms", nargs="+", default=["customnet", "enet"], choices=["enet", "customnet"])
     parser.add_argument("--test-cases", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -126,7 +126,7 @@ def main() -> None:
                 entry[grid] = mean_dice(out, work / "gt" / grid)
                 entry[f"predict_s_per_volume_{grid}"] = seconds / args.test_cases
             print(f"{arm} ({side}) done; {_load()}", flush=True)
-    (work / "results.json").write_text(json.dumps(results, indent=1))
+            (work / "results.json").write_text(json.dumps(results, indent=1))
 
     organs = list(ORGAN_NAMES)
     print(f"\nmean Dice over {args.test_cases} held-out phantoms (Δ = grid − small); {_load()} at the end")
