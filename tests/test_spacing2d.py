@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from test_predict2d import ThresholdNet, _threshold, make_run
+from test_training import assert_device_batches_match_the_dataloader
 from test_training_toydata import make_toy_cohort
 from thoraxseg.data.layout import labelled_cases
 from thoraxseg.data.phantom import VARIANTS, field_of_view_variants
@@ -19,9 +20,6 @@ from thoraxseg.inference import predict
 from thoraxseg.inference.predict2d import predict_array
 from thoraxseg.training.config import resolve_config
 from thoraxseg.training.data2d import (
-    AugmentCollate,
-    DeviceBatches,
-    EpochSampler,
     SliceDataset,
     SpacingGeometry,
     derive_spacing_mm,
@@ -29,7 +27,7 @@ from thoraxseg.training.data2d import (
     load_cases,
     to_network_grid,
 )
-from thoraxseg.training.trainer import dice_per_organ, make_loader
+from thoraxseg.training.trainer import dice_per_organ
 from trained_fixture import HELD_OUT, PHANTOM_SEED
 
 
@@ -146,13 +144,7 @@ def test_training_crops_are_seeded_inside_the_canvas_and_contain_the_body(toy_ca
 def test_cropped_device_batches_match_the_dataloader(toy_cases) -> None:
     cfg = resolve_config({"model": "enet", "image_size": 32, "batch_size": 4, "width": 4, "spacing_mm": 2.0})
     ds = SliceDataset(load_cases(toy_cases, 32, show=False, spacing_mm=2.0, multiple=8), crop=32, seed=cfg.seed)
-    via_loader = list(make_loader(ds, EpochSampler(ds, cfg.seed), cfg, epoch=1))
-    sampler = EpochSampler(ds, cfg.seed)
-    sampler.set_epoch(1)
-    direct = list(DeviceBatches(ds, sampler, cfg.batch_size, AugmentCollate(cfg.augment, cfg.seed)))
-    assert len(direct) == len(via_loader) == 3
-    for (x0, y0, p0), (x1, y1, p1) in zip(via_loader, direct, strict=True):
-        assert torch.equal(x0, x1) and torch.equal(y0, y1) and torch.equal(p0, p1)
+    assert_device_batches_match_the_dataloader(ds, cfg, epoch=1, batches=3)
 
 
 def test_a_run_made_before_the_change_predicts_as_before_and_says_so_once(tmp_path: Path, capsys) -> None:

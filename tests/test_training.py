@@ -331,14 +331,18 @@ def test_train_config_dataclass_roundtrip() -> None:
     assert config_from_dict(cfg.to_dict()).width == 64
 
 
-def test_device_batches_match_the_dataloader(toy_root: Path) -> None:
-    # the GPU-cache path (DeviceBatches) must give the same batches as the DataLoader path
-    cfg = resolve_config({"model": "enet", **TINY})
-    ds = SliceDataset(load_cases(labelled_cases(toy_root)[:2], cfg.image_size, show=False))
-    via_loader = list(make_loader(ds, EpochSampler(ds, cfg.seed), cfg, epoch=2))
+def assert_device_batches_match_the_dataloader(ds: SliceDataset, cfg, epoch: int, batches: int) -> None:
+    """The GPU-cache path (DeviceBatches) must give the same batches as the DataLoader path."""
+    via_loader = list(make_loader(ds, EpochSampler(ds, cfg.seed), cfg, epoch=epoch))
     sampler = EpochSampler(ds, cfg.seed)
-    sampler.set_epoch(2)
+    sampler.set_epoch(epoch)
     direct = list(DeviceBatches(ds, sampler, cfg.batch_size, AugmentCollate(cfg.augment, cfg.seed)))
-    assert len(direct) == len(via_loader) == 4
+    assert len(direct) == len(via_loader) == batches
     for (x0, y0, p0), (x1, y1, p1) in zip(via_loader, direct, strict=True):
         assert torch.equal(x0, x1) and torch.equal(y0, y1) and torch.equal(p0, p1)
+
+
+def test_device_batches_match_the_dataloader(toy_root: Path) -> None:
+    cfg = resolve_config({"model": "enet", **TINY})
+    ds = SliceDataset(load_cases(labelled_cases(toy_root)[:2], cfg.image_size, show=False))
+    assert_device_batches_match_the_dataloader(ds, cfg, epoch=2, batches=4)
