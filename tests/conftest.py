@@ -38,3 +38,11 @@ def tiny_volume() -> Volume:
     affine = np.diag([0.9, 0.9, 2.5, 1.0])
     affine[:3, 3] = [-10.0, 20.0, -100.0]
     return Volume(arr, affine)
+
+
+@pytest.fixture(scope="session")
+def phantom_case():
+    """One small synthetic case (CT ``Volume`` and GT labels, 128×128×52 at 4.3×4.3×8.5 mm), made once per session."""
+    from thoraxseg.data.phantom.generator import generate_case
+
+    return generate_case(seed=0, index=0, size="small")
