@@ -460,6 +460,7 @@ def write_ct_series(
         ds.BodyPartExamined = "CHEST"
         ds.PatientPosition = "HFS"
         ds.KVP = "120"
+        ds.AcquisitionNumber = "1"
         ds.SliceThickness = f"{spacing[2]:.6g}"
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
