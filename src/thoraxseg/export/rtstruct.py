@@ -42,7 +42,7 @@ def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
     padded = np.pad(mask.astype(np.float32), 1)
     out = []
     for c in find_contours(padded, 0.5):
-        c = approximate_polygon(c, tolerance=0.0) - 1.0  # remove collinear points; undo the padding
+        c = approximate_polygon(c, tolerance=1e-6) - 1.0  # remove collinear points; undo the padding
         if len(c) >= 4 and np.allclose(c[0], c[-1]):
             out.append(c[:-1])
     return out
