@@ -46,3 +46,22 @@ def phantom_case():
     from thoraxseg.data.phantom.generator import generate_case
 
     return generate_case(seed=0, index=0, size="small")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2D ENet run trained for one epoch on a 4-case toy cohort (1 thread, < 2 s): plumbing, not accuracy."""
+    import torch
+
+    from test_training_toydata import make_toy_cohort
+    from thoraxseg.training import train
+
+    base = tmp_path_factory.mktemp("tiny_run")
+    data = make_toy_cohort(base / "data", cases=4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train("enet", data, base / "run", epochs=1, seed=0, image_size=32, width=4, batch_size=4,
+                     val_batch_size=8)
+    finally:
+        torch.set_num_threads(threads)
