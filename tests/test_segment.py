@@ -61,6 +61,7 @@ def _check_round_trips(out: Path, dicom: Path, tmp_path: Path) -> np.ndarray:
     return labels.array
 
 
+@pytest.mark.slow
 def test_dicom_input_gives_the_labels_of_the_nifti_input(phantom_inputs, tiny_run: Path, bundle: Path,
                                                          tmp_path: Path) -> None:
     nifti, dicom = phantom_inputs
@@ -122,6 +123,7 @@ def test_dciodvfy_on_segment_outputs(phantom_inputs, bundle: Path, tmp_path: Pat
         assert dciodvfy_errors(tmp_path / "o" / name) == [], name
 
 
+@pytest.mark.slow
 def test_real_ct_dicom_equals_nifti(realct_dir: Path, bundle: Path, tmp_path: Path) -> None:
     write_ct_series(load_image(realct_dir / "Patient_R1.nii.gz"), tmp_path / "R1")
     assert main(["segment", str(realct_dir / "Patient_R1.nii.gz"), str(tmp_path / "R1"), "--model", str(bundle),
