@@ -1,19 +1,26 @@
 """Benchmark of ``thoraxseg segment``: wall time, peak memory and the slowest step per arm and input format.
 
 A phantom CT is resampled to ``--shape`` (default 512 × 512 × 200, SegTHOR's size) and
-written as NIfTI and as a DICOM series. For each 2D arm and each settings set (``demo``:
-``configs/train2d_demo.yaml``; ``full``: the defaults, image size 256, ENet width 16,
-CustomNet width 64) a run folder with freshly initialised weights is exported to a bundle
-(inference cost does not depend on the weights' values); each ``--nnunet-run`` (a trained
-nnunet3d run folder, e.g. the demo's ``arms/nnunet3d/run``) is exported too. Every
-(model, input) pair runs ``thoraxseg segment`` in its own process pinned to ``--threads``
-cores (``taskset`` + ``OMP_NUM_THREADS``), so the peak memory is that process's maximum
-resident set size (``wait4``). The per-step seconds come from the case's ``summary.json``.
+written as NIfTI and as a DICOM series. Models:
+
+- every ``--run`` (a trained run folder of any arm, e.g. the demo's ``runs/demo/arms/<arm>/run``);
+- for each 2D arm and settings set in ``--settings`` (``demo``: ``configs/train2d_demo.yaml``;
+  ``full``: the defaults, image size 256, ENet width 16, CustomNet width 64), a run with
+  freshly initialised weights: the prediction cost does not depend on the weights' values,
+  but an untrained network predicts speckle, whose tens of thousands of contours would make the
+  RTSTRUCT step meaningless (minutes), so these rows write every format but the RTSTRUCT; the
+  ``writers on GT`` row gives the export cost of real organ shapes (add its RTSTRUCT seconds).
+
+Each is exported to a bundle, and every (model, input) pair runs ``thoraxseg segment`` in its
+own process pinned to ``--threads`` cores (``taskset`` + ``OMP_NUM_THREADS``), so the peak
+memory is that process's maximum resident set size (``wait4``). The per-step seconds come
+from the case's ``summary.json``. A last row times the writers (NIfTI, .seg.nrrd, DICOM-SEG,
+RTSTRUCT) on the phantom's ground-truth labels at the same size, in this process.
 
 Usage::
 
-    python benchmarks/segment.py                                   # 512×512×200, 2 cores, ENet + CustomNet
-    python benchmarks/segment.py --nnunet-run runs/demo/arms/nnunet3d/run
+    python benchmarks/segment.py --run runs/demo/arms/enet/run --run runs/demo/arms/customnet/run \\
+        --run runs/demo/arms/nnunet3d/run             # demo runs + full-size untrained 2D settings
     python benchmarks/segment.py --shape 128 128 40 --settings demo  # quick check of the script
 
 Run it on an otherwise idle machine: it prints the load average before and after.
@@ -40,6 +47,7 @@ from scipy import ndimage
 from thoraxseg.data.dicom import write_ct_series
 from thoraxseg.data.phantom.generator import generate_case
 from thoraxseg.data.volume import Volume, save_volume
+from thoraxseg.inference import run_model_name
 from thoraxseg.inference.bundle import export_model
 from thoraxseg.networks import build_model
 from thoraxseg.training.config import dump_yaml, load_yaml, resolve_config
@@ -49,18 +57,42 @@ ROOT = Path(__file__).resolve().parents[1]
 console = Console()
 
 
-def make_ct(shape: tuple[int, int, int], seed: int = 0) -> Volume:
-    """A full-size phantom CT resampled (linear) to exactly ``shape`` voxels, int16 HU, same field of view."""
+def make_ct(shape: tuple[int, int, int], seed: int = 0) -> tuple[Volume, np.ndarray]:
+    """A full-size phantom CT (int16 HU) and its GT labels resampled to exactly ``shape`` voxels, same field of view."""
     case = generate_case(seed=seed, index=0, size="full")
     src = case.image
     factors = [n / s for n, s in zip(shape, src.shape, strict=True)]
     arr = ndimage.zoom(src.array.astype(np.float32), factors, order=1, grid_mode=True, mode="nearest")
     arr = np.rint(arr[: shape[0], : shape[1], : shape[2]]).astype(np.int16)
+    lab = ndimage.zoom(np.asarray(case.labels, np.uint8), factors, order=0, grid_mode=True, mode="nearest")
     aff = src.affine.copy()
     aff[:3, :3] = src.affine[:3, :3] / np.array(factors)
     # keep the field of view: the first voxel centre moves by half the size change of a voxel
     aff[:3, 3] = src.affine[:3, 3] + src.affine[:3, :3] @ ((1 / np.array(factors) - 1) / 2)
-    return Volume(arr, aff)
+    return Volume(arr, aff), np.ascontiguousarray(lab[: shape[0], : shape[1], : shape[2]])
+
+
+def time_writers(ct: Volume, labels: np.ndarray, dicom: Path, out: Path) -> dict[str, float]:
+    """Seconds of each writer on ``labels`` (ground truth) for the DICOM series ``dicom``."""
+    from thoraxseg.data.dicom import read_ct_series
+    from thoraxseg.data.volume import save_label
+    from thoraxseg.export.dicomseg import write_dicom_seg
+    from thoraxseg.export.rtstruct import write_rtstruct
+    from thoraxseg.export.segnrrd import write_seg_nrrd
+
+    out.mkdir(parents=True, exist_ok=True)
+    sec: dict[str, float] = {}
+    t = time.perf_counter()
+    series = read_ct_series(dicom)
+    sec["read"] = time.perf_counter() - t
+    for name, fn in (("write_nifti", lambda: save_label(labels, ct, out / "labels.nii.gz")),
+                     ("write_seg-nrrd", lambda: write_seg_nrrd(labels, ct, out / "labels.seg.nrrd")),
+                     ("write_dicom-seg", lambda: write_dicom_seg(labels, series, out / "seg.dcm")),
+                     ("write_rtstruct", lambda: write_rtstruct(labels, series, out / "rtstruct.dcm"))):
+        t = time.perf_counter()
+        fn()
+        sec[name] = time.perf_counter() - t
+    return sec
 
 
 def make_2d_run(run: Path, arm: str, settings: str) -> Path:
@@ -76,12 +108,13 @@ def make_2d_run(run: Path, arm: str, settings: str) -> Path:
     return run
 
 
-def run_segment(inp: Path, bundle: Path, out: Path, threads: int) -> tuple[float, float, dict]:
+def run_segment(inp: Path, bundle: Path, out: Path, threads: int, formats: str | None = None
+                ) -> tuple[float, float, dict]:
     """Wall seconds, peak RSS (MB) and summary.json of one ``thoraxseg segment`` process."""
     env = {**os.environ, "THORAXSEG_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT / "src")}
     cmd = [sys.executable, "-m", "thoraxseg", "segment", str(inp), "--model", str(bundle), "--out", str(out),
-           "--overwrite"]
+           "--overwrite", *(["--formats", formats] if formats else [])]
     if shutil.which("taskset") and (os.cpu_count() or 1) >= threads:
         cmd = ["taskset", "-c", f"0-{threads - 1}", *cmd]
     t0 = time.perf_counter()
@@ -101,7 +134,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="cores per segment process (default 2)")
     ap.add_argument("--arms", default="enet,customnet", help="2D arms (comma-separated)")
     ap.add_argument("--settings", default="demo,full", help="2D settings sets: demo, full (comma-separated)")
-    ap.add_argument("--nnunet-run", type=Path, action="append", default=[], help="trained nnunet3d run folder(s)")
+    ap.add_argument("--run", type=Path, action="append", default=[], help="trained run folder(s), any arm")
     ap.add_argument("--inputs", default="nifti,dicom", help="input formats: nifti, dicom")
     ap.add_argument("--keep", type=Path, help="keep the work folder here (default: a temporary folder)")
     args = ap.parse_args()
@@ -111,7 +144,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     shape = tuple(args.shape)
     t0 = time.perf_counter()
-    ct = make_ct(shape)
+    ct, gt = make_ct(shape)
     inputs = {}
     if "nifti" in args.inputs:
         inputs["nifti"] = work / "ct.nii.gz"
@@ -122,26 +155,37 @@ def main() -> int:
         write_ct_series(ct, inputs["dicom"])
     console.print(f"CT {shape} at {ct.spacing} mm made in {time.perf_counter() - t0:.0f} s")
 
-    models: list[tuple[str, Path]] = []
+    models: list[tuple[str, Path, bool]] = []  # (name, bundle, trained)
+    for i, run in enumerate(args.run):
+        arm = run_model_name(run)
+        models.append((f"{arm} (trained: {run})", export_model(run, work / f"trained_{i}_{arm}.zip"), True))
     for arm in [a for a in args.arms.split(",") if a]:
         for settings in [s for s in args.settings.split(",") if s]:
             run = make_2d_run(work / f"run_{arm}_{settings}", arm, settings)
-            models.append((f"{arm} ({settings})", export_model(run, work / f"{arm}_{settings}.zip")))
-    for i, run in enumerate(args.nnunet_run):
-        models.append((f"nnunet3d ({run.name if i else 'given run'})", export_model(run, work / f"nnunet_{i}.zip")))
+            models.append((f"{arm} ({settings}, untrained)", export_model(run, work / f"{arm}_{settings}.zip"),
+                           False))
 
     table = Table(title=f"thoraxseg segment, {shape[0]}×{shape[1]}×{shape[2]} CT, {args.threads} cores")
     for col in ("model", "input", "wall s", "peak RSS MB", "predict s", "read s", "rtstruct s", "slowest step"):
         table.add_column(col)
-    for name, bundle in models:
+    for name, bundle, trained in models:
         for kind, inp in inputs.items():
-            wall, rss, summary = run_segment(inp, bundle, work / "out" / f"{bundle.stem}_{kind}", args.threads)
+            formats = None if trained or kind != "dicom" else "nifti,seg-nrrd,dicom-seg"
+            wall, rss, summary = run_segment(inp, bundle, work / "out" / f"{bundle.stem}_{kind}", args.threads,
+                                             formats)
             sec = {k: v for k, v in summary["manifest"]["seconds"].items() if k not in ("total", "open_model")}
             slowest = max(sec, key=sec.get)
             table.add_row(name, kind, f"{wall:.1f}", f"{rss:.0f}", f"{sec.get('predict', 0):.1f}",
-                          f"{sec.get('read', 0):.1f}", f"{sec.get('write_rtstruct', float('nan')):.1f}",
+                          f"{sec.get('read', 0):.1f}",
+                          f"{sec['write_rtstruct']:.1f}" if "write_rtstruct" in sec else "—",
                           f"{slowest} ({sec[slowest]:.1f} s)")
             console.print(f"{name:>22} {kind:>6}: {wall:.1f} s, {rss:.0f} MB; steps {sec}")
+    if "dicom" in inputs:
+        sec = time_writers(ct, gt, inputs["dicom"], work / "out" / "writers_gt")
+        slowest = max(sec, key=sec.get)
+        table.add_row("writers on GT", "dicom", f"{sum(sec.values()):.1f}", "", "", f"{sec['read']:.1f}",
+                      f"{sec['write_rtstruct']:.1f}", f"{slowest} ({sec[slowest]:.1f} s)")
+        console.print(f"{'writers on GT':>22}  dicom: steps { {k: round(v, 2) for k, v in sec.items()} }")
     console.print(table)
     console.print(f"load average after: {os.getloadavg()}")
     if not args.keep:
