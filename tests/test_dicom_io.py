@@ -143,5 +143,16 @@ def test_truncated_and_non_dicom_files(phantom_case, tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"CT000006\.dcm: (unreadable DICOM file|DICOM file without a Series Instance UID)"):
         read_ct_series(tmp_path / "s")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no DICOM files found"):
+    with pytest.raises(InputError, match="no DICOM image files found"):
         read_ct_series(tmp_path / "empty")
+
+
+def test_structure_sets_next_to_the_ct_are_not_series(phantom_case, tmp_path: Path) -> None:
+    from thoraxseg.export.rtstruct import write_rtstruct
+
+    ct = _small(phantom_case)
+    write_ct_series(ct, tmp_path / "s")
+    labels = np.asarray(phantom_case.labels, np.uint8)[:, :, 10:20]
+    write_rtstruct(labels, read_ct_series(tmp_path / "s"), tmp_path / "s" / "rtstruct.dcm")
+    assert [s.modality for s in list_series(tmp_path / "s")] == ["CT"]
+    assert np.array_equal(read_ct_series(tmp_path / "s").volume.array, ct.array)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk
 
 from dicom_tools import dciodvfy_errors, needs_dciodvfy, needs_plastimatch, plastimatch_masks
 from thoraxseg.cli import main
@@ -134,7 +135,7 @@ def test_real_ct_dicom_equals_nifti(realct_dir: Path, bundle: Path, tmp_path: Pa
     _check_round_trips(tmp_path / "o" / "R1", tmp_path / "R1", tmp_path)
 
 
-def test_folder_of_cases_and_zip(phantom_inputs, bundle: Path, tmp_path: Path) -> None:
+def test_folder_of_cases_zip_and_mha(phantom_inputs, bundle: Path, tmp_path: Path) -> None:
     nifti, dicom = phantom_inputs
     cases = tmp_path / "cases"
     cases.mkdir()
@@ -143,12 +144,23 @@ def test_folder_of_cases_and_zip(phantom_inputs, bundle: Path, tmp_path: Path) -
         for f in dicom.iterdir():
             zf.write(f, f.name)
     shutil.copytree(dicom, cases / "C")
+    # MHA written by SimpleITK from the CT (ITK's LPS geometry): read back to the same RAS grid
+    ct = load_image(nifti)
+    img = sitk.GetImageFromArray(np.transpose(ct.array, (2, 1, 0)))
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ct.affine
+    img.SetSpacing(ct.spacing)
+    img.SetOrigin(lps[:3, 3].tolist())
+    img.SetDirection((lps[:3, :3] / np.array(ct.spacing)).ravel().tolist())
+    sitk.WriteImage(img, str(cases / "D.mha"))
     assert main(["segment", str(cases), "--model", str(bundle), "--out", str(tmp_path / "o")]) == 0
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["A", "B", "C"]
-    ref = load_label(tmp_path / "o" / "A" / "labels.nii.gz").array
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["A", "B", "C", "D"]
+    ref = load_label(tmp_path / "o" / "A" / "labels.nii.gz")
+    for case in ("B", "C", "D"):
+        got = load_label(tmp_path / "o" / case / "labels.nii.gz")
+        assert np.array_equal(got.array, ref.array) and np.allclose(got.affine, ref.affine, atol=1e-4), case
     for case in ("B", "C"):
-        assert np.array_equal(load_label(tmp_path / "o" / case / "labels.nii.gz").array, ref)
         assert (tmp_path / "o" / case / "rtstruct.dcm").is_file()
+    assert not (tmp_path / "o" / "D" / "rtstruct.dcm").exists()  # DICOM formats only for DICOM input
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -53,6 +53,9 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SPACING_RTOL = 0.01
 #: Tolerance on direction cosines between slices.
 ORIENTATION_ATOL = 1e-4
+#: Modalities of non-image objects that may sit next to a CT (structure sets, segmentations, reports):
+#: not counted as series to choose from.
+NON_IMAGE_MODALITIES = frozenset({"RTSTRUCT", "RTPLAN", "SEG", "SR", "KO", "PR", "REG"})
 
 
 @dataclass
@@ -193,8 +196,8 @@ def _is_dicomdir(ds: Any) -> bool:
 def list_series(folder: str | Path) -> list[SeriesInfo]:
     """Every DICOM image series under ``folder`` (recursively), largest first.
 
-    Files that are not DICOM are ignored; DICOM files without pixel data (e.g. an
-    RTSTRUCT next to the CT) count as their own series.
+    Files that are not DICOM are ignored, and so are non-image objects next to the CT
+    (:data:`NON_IMAGE_MODALITIES`: an RTSTRUCT, a SEG, a report).
 
     Raises
     ------
@@ -209,12 +212,14 @@ def list_series(folder: str | Path) -> list[SeriesInfo]:
             continue
         if "SeriesInstanceUID" not in ds:
             raise InputError(path, "DICOM file without a Series Instance UID (truncated or incomplete header)")
+        if str(getattr(ds, "Modality", "")) in NON_IMAGE_MODALITIES:
+            continue
         uid = str(ds.SeriesInstanceUID)
         info = series.setdefault(uid, SeriesInfo(uid, str(getattr(ds, "SeriesDescription", "")),
                                                  str(getattr(ds, "Modality", ""))))
         info.files.append(path)
     if not series:
-        raise InputError(root, "no DICOM files found")
+        raise InputError(root, "no DICOM image files found")
     return sorted(series.values(), key=lambda s: (-len(s.files), s.uid))
 
 
