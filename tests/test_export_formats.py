@@ -58,6 +58,26 @@ def test_seg_nrrd_round_trip(phantom_case, tmp_path: Path) -> None:
     assert np.array_equal(np.transpose(sitk.GetArrayFromImage(img), (2, 1, 0)), labels)
 
 
+def test_seg_nrrd_read_by_slicerio(realct_dir: Path, tmp_path: Path) -> None:
+    """slicerio (3D Slicer's own Python reader of segmentation files) sees the same segments, voxels and grid."""
+    import slicerio
+
+    ct = load_image(realct_dir / "Patient_R1.nii.gz")
+    labels = load_label(realct_dir / "GT.nii.gz").array
+    write_seg_nrrd(labels, ct, tmp_path / "labels.seg.nrrd")
+    seg = slicerio.read_segmentation(str(tmp_path / "labels.seg.nrrd"))
+    assert np.allclose(seg["ijkToLPS"], np.diag([-1.0, -1.0, 1.0, 1.0]) @ ct.affine, atol=1e-5)
+    assert np.array_equal(seg["voxels"], labels)
+    by_name = {s["name"]: s for s in seg["segments"]}
+    assert sorted(by_name) == ["Aorta", "Esophagus", "Heart", "Trachea"]
+    for organ in ORGAN_EXPORT.values():
+        s = by_name[organ.display_name]
+        assert s["labelValue"] == organ.label
+        assert np.allclose(s["color"], organ.color, atol=1e-5)
+        assert s["terminology"]["type"] == ["SCT", organ.snomed_code, organ.snomed_meaning]
+        assert s["terminology"]["category"] == ["SCT", "91723000", "Anatomical Structure"]
+
+
 def test_seg_nrrd_lists_every_organ_even_when_empty(phantom_case, tmp_path: Path) -> None:
     labels = np.asarray(phantom_case.labels, np.uint8).copy()
     labels[labels == 3] = 0
@@ -166,3 +186,48 @@ def test_writers_refuse_labels_on_another_grid(phantom_series, phantom_case, tmp
         write_rtstruct(labels[:, :, :-1], series, tmp_path / "rt.dcm")
     with pytest.raises(ValueError, match="differ"):
         write_seg_nrrd(labels[:-1], Volume(labels, phantom_case.image.affine), tmp_path / "x.seg.nrrd")
+
+
+def test_preview_is_radiological_on_real_ct(realct_dir: Path, tmp_path: Path) -> None:
+    """Patient_R1's heart lies left of the midline: on screen right in axial and coronal views (radiological)."""
+    from thoraxseg.export.preview import radiological_views, to_ras, write_preview
+
+    ct = load_image(realct_dir / "Patient_R1.nii.gz")  # LPS-ordered voxels (affine diag(-1.5, -1.5, 1.5))
+    labels = load_label(realct_dir / "GT.nii.gz").array
+    ras, spacing = to_ras(labels, ct.affine)
+    assert spacing == (1.5, 1.5, 1.5)
+    heart = np.argwhere(ras == 2).mean(0).round().astype(int)
+    views = radiological_views(ras == 2, tuple(heart))
+    # world x (RAS, + = patient's right) of the heart centroid is negative relative to the body centre
+    body_x = (ct.affine @ [ct.shape[0] / 2, 0, 0, 1])[0]
+    heart_x = (ct.affine @ [*np.argwhere(labels == 2).mean(0), 1])[0]
+    assert heart_x < body_x  # the heart is on the patient's left in the source geometry
+    for view in ("axial", "coronal"):
+        cols = np.argwhere(views[view])[:, 1]
+        assert cols.mean() > views[view].shape[1] / 2, view  # screen right = patient's left
+    write_preview(ct, labels, tmp_path / "preview.png", "Patient_R1")
+    assert (tmp_path / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_flags(realct_dir: Path) -> None:
+    from thoraxseg.export.summary import ON_AIR_FRACTION, body_mask, summarize
+
+    ct = load_image(realct_dir / "Patient_R1.nii.gz")
+    labels = load_label(realct_dir / "GT.nii.gz").array.copy()
+    s = summarize(labels, ct, {"heart": [1.0, 2.0], "aorta": [0.0, 1e6]})
+    heart, aorta = s["organs"]["heart"], s["organs"]["aorta"]
+    assert heart["volume_ml"] == pytest.approx((labels == 2).sum() * 1.5**3 / 1000, abs=1e-3)
+    assert heart["components"] == 1 and heart["outside_body_fraction"] < ON_AIR_FRACTION
+    assert heart["mean_hu"] == pytest.approx(ct.array[labels == 2].mean(), abs=0.05)  # rounded to 0.1 HU
+    assert s["organs"]["esophagus"]["flags"] == ["missing"]  # Patient_R1 has heart and aorta labels only
+    assert heart["flags"] == ["volume_above_training_range"] and aorta["flags"] == []
+    # Patient_R1's field of view is filled by the body at the bottom; at slice 80 air surrounds it
+    outside = np.argwhere(~body_mask(ct.array)[:, :, 80] & (ct.array[:, :, 80] < -900))  # air around the body
+    i, j = outside[0]
+    labels[i, j, 80] = 4  # one aorta voxel on the air: a second fragment
+    aorta = summarize(labels, ct)["organs"]["aorta"]
+    assert aorta["components"] == 2 and "fragments" in aorta["flags"]
+    assert aorta["outside_body_fraction"] == pytest.approx(1 / (labels == 4).sum(), abs=1e-4)
+    labels[labels == 4] = 0
+    labels[outside[:50, 0], outside[:50, 1], 80] = 4  # an aorta only on air
+    assert "label_on_air" in summarize(labels, ct)["organs"]["aorta"]["flags"]
