@@ -50,6 +50,8 @@ def test_bundle_packs_weights_config_and_manifest(tiny_run: Path, tmp_path: Path
     # organ volumes seen in training: the toy cohort has every organ in every case
     assert set(manifest["training_volumes_ml"]) == {"esophagus", "heart", "trachea", "aorta"}
     assert all(lo <= hi for lo, hi in manifest["training_volumes_ml"].values())
+    cache = json.loads((tiny_run / "training_volumes.json").read_text())  # computed once per run folder
+    assert cache["volumes_ml"] == manifest["training_volumes_ml"] and len(cache["labels"]) == 4
     with open_model(bundle) as model:
         assert model.arm == "enet"
         assert model.sha256 == describe_run(tiny_run)[0]["model_sha256"]  # same identity as the run folder

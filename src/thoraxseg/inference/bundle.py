@@ -159,13 +159,20 @@ def preprocessing_facts(run: Path, cfg: dict[str, Any]) -> dict[str, Any]:
             "intensity": plans.get("foreground_intensity_properties_per_channel")}
 
 
-def training_volumes_ml(cfg: dict[str, Any]) -> dict[str, list[float]] | None:
+VOLUMES_CACHE = "training_volumes.json"
+
+
+def training_volumes_ml(cfg: dict[str, Any], run: Path | None = None) -> dict[str, list[float]] | None:
     """``{organ: [min, max]}`` volume (mL) of each organ over the run's training labels; None when unavailable.
 
-    Cases where an organ is absent do not count toward its range.
+    Cases where an organ is absent do not count toward its range. With ``run``, the result is
+    cached in ``RUN/training_volumes.json`` together with a fingerprint of the label files
+    (patient, size, modification time), so a run folder used as a model does not reread
+    its whole cohort on every ``segment``.
     """
     from thoraxseg.data.layout import discover_cases
     from thoraxseg.data.volume import load_label
+    from thoraxseg.utils.atomic import write_json_atomic
 
     data = cfg.get("data")
     if not data or not Path(data).exists():
@@ -176,6 +183,14 @@ def training_volumes_ml(cfg: dict[str, Any]) -> dict[str, list[float]] | None:
         return None
     if not cases:
         return None
+    fingerprint = [[c.patient_id, Path(c.label_path).stat().st_size, Path(c.label_path).stat().st_mtime_ns]
+                   for c in cases]
+    cache = run / VOLUMES_CACHE if run is not None else None
+    if cache is not None and cache.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            cached = json.loads(cache.read_text())
+            if cached.get("data") == str(data) and cached.get("labels") == fingerprint:
+                return cached["volumes_ml"]
     vols: dict[str, list[float]] = {label_name(o): [] for o in ORGANS}
     for case in cases:
         lab = load_label(case.label_path)
@@ -183,7 +198,11 @@ def training_volumes_ml(cfg: dict[str, Any]) -> dict[str, list[float]] | None:
         for o in ORGANS:
             if counts[int(o)]:
                 vols[label_name(o)].append(float(counts[int(o)]) * lab.voxel_volume_ml)
-    return {k: [round(min(v), 3), round(max(v), 3)] for k, v in vols.items() if v}
+    result = {k: [round(min(v), 3), round(max(v), 3)] for k, v in vols.items() if v}
+    if cache is not None:
+        with contextlib.suppress(OSError):  # a read-only run folder just recomputes next time
+            write_json_atomic(cache, {"data": str(data), "labels": fingerprint, "volumes_ml": result})
+    return result
 
 
 def describe_run(run: Path) -> tuple[dict[str, Any], dict[str, Path]]:
@@ -198,7 +217,7 @@ def describe_run(run: Path) -> tuple[dict[str, Any], dict[str, Path]]:
         "arm": arm,
         "labels": {str(k): v for k, v in LABEL_NAMES.items()},
         "preprocessing": preprocessing_facts(run, cfg),
-        "training_volumes_ml": training_volumes_ml(cfg),
+        "training_volumes_ml": training_volumes_ml(cfg, run),
         "versions": package_versions(),
         "model_sha256": manifest_sha256(hashes),
         "files": hashes,
