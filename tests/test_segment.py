@@ -240,3 +240,6 @@ def test_existing_output_needs_overwrite(phantom_inputs, bundle: Path, tmp_path:
     assert main(["segment", str(nifti), "--model", str(bundle), "--out", str(tmp_path / "o"), "--overwrite",
                  "--formats", "nifti"]) == 0
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["labels.nii.gz", "preview.png", "summary.json"]
+    (tmp_path / "file").write_text("x")
+    assert main(["segment", str(nifti), "--model", str(bundle), "--out", str(tmp_path / "file"), "--overwrite"]) == 1
+    assert "exists and is not a folder" in capsys.readouterr().err

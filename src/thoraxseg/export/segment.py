@@ -302,7 +302,9 @@ def segment(
                                                 f"this is a {not_dicom[0].kind} image")
     targets = [out / c.name if per_case else out for c in cases]
     for t in targets:
-        if t.exists() and not overwrite and (t.is_file() or any(t.iterdir())):
+        if t.exists() and not t.is_dir():
+            raise InputError(t, "output path exists and is not a folder")
+        if t.exists() and not overwrite and any(t.iterdir()):
             raise InputError(t, "output already exists (use --overwrite to replace it)")
     created = not out.exists()
     try:
