@@ -10,12 +10,12 @@ STAMP   = $(VENV)/.thoraxseg-installed
 OUT    ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint bench venv clean chromium
+.PHONY: demo test test-fast lint bench venv clean chromium dicom-tools
 
 demo: $(STAMP)
 	$(VENV)/bin/thoraxseg study --config configs/demo.yaml --out $(OUT)
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium dicom-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Quick iteration: everything but the slow end-to-end tests.
@@ -45,6 +45,15 @@ chromium:
 	      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	      || echo "warning: could not install chromium; the report screenshot test will fail"; \
 	    else echo "warning: chromium not found (apt-get install chromium)"; fi; }
+
+# The DICOM export tests validate every object with dciodvfy (dicom3tools) and read RTSTRUCTs back
+# with plastimatch, an independent implementation (Debian packages).
+dicom-tools:
+	@command -v dciodvfy >/dev/null 2>&1 && command -v plastimatch >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools plastimatch >/dev/null) \
+	      || echo "warning: could not install dicom3tools/plastimatch; the DICOM export tests will fail"; \
+	    else echo "warning: dciodvfy/plastimatch not found (apt-get install dicom3tools plastimatch)"; fi; }
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -41,6 +41,33 @@ def tiny_volume() -> Volume:
 
 
 @pytest.fixture(scope="session")
+def phantom_case():
+    """One small synthetic case (CT ``Volume`` and GT labels, 128×128×52 at 4.3×4.3×8.5 mm), made once per session."""
+    from thoraxseg.data.phantom.generator import generate_case
+
+    return generate_case(seed=0, index=0, size="small")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2D ENet run trained for one epoch on a 4-case toy cohort (1 thread, < 2 s): plumbing, not accuracy."""
+    import torch
+
+    from test_training_toydata import make_toy_cohort
+    from thoraxseg.training import train
+
+    base = tmp_path_factory.mktemp("tiny_run")
+    data = make_toy_cohort(base / "data", cases=4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train("enet", data, base / "run", epochs=1, seed=0, image_size=32, width=4, batch_size=4,
+                     val_batch_size=8)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
 def phantom_2d_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CustomNet run trained once per session on small phantoms (see ``tests/trained_fixture.py``)."""
     from trained_fixture import train_shared_run

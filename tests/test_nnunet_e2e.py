@@ -195,3 +195,29 @@ def test_same_seed_gives_the_same_weights(trained: SimpleNamespace) -> None:
         weights.append(ckpt["network_weights"])
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_bundle_then_segment_dicom_equals_nifti(trained: SimpleNamespace, tmp_path: Path) -> None:
+    """The nnU-Net arm through a bundle: nnU-Net's model folder packed, DICOM input = NIfTI input."""
+    import zipfile
+
+    from thoraxseg.cli import main
+    from thoraxseg.data.dicom import write_ct_series
+
+    bundle = tmp_path / "nnunet.zip"
+    assert main(["export-model", str(trained.run), "--out", str(bundle)]) == 0
+    with zipfile.ZipFile(bundle) as zf:
+        names = zf.namelist()
+    assert f"{FOLD.as_posix()}/checkpoint_final.pth" in names and f"{FOLD.parent.as_posix()}/plans.json" in names
+    assert not any("nnUNet_raw" in n or "nnUNet_preprocessed" in n for n in names)  # no training data
+    image = trained.held_out / "train" / "Patient_06" / "Patient_06.nii.gz"
+    write_ct_series(load_image(image), tmp_path / "dicom")
+    assert main(["segment", str(image), str(tmp_path / "dicom"), "--model", str(bundle), "--out",
+                 str(tmp_path / "out"), "--no-tta"]) == 0
+    a = load_label(tmp_path / "out" / "Patient_06" / "labels.nii.gz")
+    b = load_label(tmp_path / "out" / "dicom" / "labels.nii.gz")
+    assert np.array_equal(a.array, b.array)
+    assert (tmp_path / "out" / "dicom" / "rtstruct.dcm").is_file() and (tmp_path / "out" / "dicom" / "seg.dcm").is_file()
+    summary = json.loads((tmp_path / "out" / "dicom" / "summary.json").read_text())
+    assert summary["manifest"]["model"]["arm"] == "nnunet3d"
+    assert summary["manifest"]["versions"]["nnunetv2"]

@@ -23,6 +23,8 @@ STAGES: tuple[str, ...] = (
     "realign",
     "train",
     "predict",
+    "export_model",
+    "segment",
     "nnunet",
     "slurm",
     "evaluate",
