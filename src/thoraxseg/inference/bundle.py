@@ -149,7 +149,7 @@ def preprocessing_facts(run: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     """What the model expects of its input: 2D image size, windows, spacing; nnU-Net spacing, patch, normalisation."""
     arm = str(cfg["model"]).lower()
     if arm in ARMS_2D:
-        facts = {k: cfg[k] for k in ("image_size", "windows") if k in cfg}
+        facts = {k: cfg[k] for k in ("image_size", "windows", "preprocessing") if k in cfg}
         facts.update({k: v for k, v in cfg.items() if "spacing" in k})
         return facts
     plans = json.loads((run / cfg["resolved"]["results_folder"] / "plans.json").read_text())
