@@ -95,10 +95,15 @@ def time_writers(ct: Volume, labels: np.ndarray, dicom: Path, out: Path) -> dict
     return sec
 
 
-def make_2d_run(run: Path, arm: str, settings: str) -> Path:
-    """A 2D run folder with initialised (untrained) weights and the ``settings`` configuration."""
+def make_2d_run(run: Path, arm: str, settings: str, fov_mm: float) -> Path:
+    """A 2D run folder with initialised (untrained) weights and the ``settings`` configuration.
+
+    Its pixel size is what training on scans of ``fov_mm`` (in-plane field of view) would derive:
+    ``fov_mm / image_size``, so this CT fills the network grid, as the median training scan would.
+    """
     base = load_yaml(ROOT / "configs" / "train2d_demo.yaml") if settings == "demo" else {}
-    cfg = resolve_config({**base, "model": arm})
+    size = resolve_config({**base, "model": arm}).image_size
+    cfg = resolve_config({**base, "model": arm, "spacing_mm": round(fov_mm / size, 3)})
     torch.manual_seed(0)
     net = build_model(arm, in_channels=len(cfg.windows), width=cfg.width, dropout=cfg.dropout)
     run.mkdir(parents=True, exist_ok=True)
@@ -161,7 +166,8 @@ def main() -> int:
         models.append((f"{arm} (trained: {run})", export_model(run, work / f"trained_{i}_{arm}.zip"), True))
     for arm in [a for a in args.arms.split(",") if a]:
         for settings in [s for s in args.settings.split(",") if s]:
-            run = make_2d_run(work / f"run_{arm}_{settings}", arm, settings)
+            fov = max(n * d for n, d in zip(ct.shape[:2], ct.spacing[:2], strict=True))
+            run = make_2d_run(work / f"run_{arm}_{settings}", arm, settings, fov)
             models.append((f"{arm} ({settings}, untrained)", export_model(run, work / f"{arm}_{settings}.zip"),
                            False))
 
