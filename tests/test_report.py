@@ -245,3 +245,28 @@ def test_headline_marks_distance_means_of_an_arm_that_missed_an_organ(tmp_path: 
     assert "2.00 ± 0.00 †" in rows_html["partial"] and '<td class="best">6.50' in rows_html["full"]
     assert "partial: esophagus, trachea missed" in html
     assert "†" not in rows_html["full"]
+
+
+def test_statistics_without_a_test_show_a_dash_and_the_reason_never_nan(tmp_path: Path) -> None:
+    """An arm that found no esophagus has no HD95 and no precision there: no test, no shift pattern.
+
+    The statistics are written to compare/stats.csv and read back (pandas reads "n/a" as NaN).
+    """
+    from thoraxseg.stats.compare import compare_arms
+
+    root = _metrics_only_study(tmp_path / "s")
+    path = root / "arms" / "customnet" / "metrics.csv"
+    df = pd.read_csv(path)
+    missed = df["organ"] == "esophagus"
+    df.loc[missed, ["dice", "iou", "recall", "nsd"]] = 0.0
+    df.loc[missed, ["precision", "hd", "hd95", "assd"]] = np.nan
+    df.loc[missed, "vol_pred_ml"] = 0.0
+    df.to_csv(path, index=False)
+    compare_arms([root / "arms" / a / "metrics.csv" for a in ("enet", "customnet")], ["enet", "customnet"],
+                 root / "compare", seed=0, n_boot=200)
+    html = build_report(root, tmp_path / "r.html").read_text(encoding="utf-8")
+    stats = _section(html, "statistics")
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", stats)
+    assert cells and not [c for c in cells if c.strip().lower() in ("nan", "n/a")]
+    assert "none: " in stats  # the reason no test ran, where it ran none
+    assert "— (precision or recall undefined for an arm)" in stats

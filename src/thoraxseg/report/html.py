@@ -431,7 +431,7 @@ class _Report:
                 other = r["arm_a"] if sign == 1 else r["arm_b"]
                 d, lo, hi = (sign * float(r["mean_diff"]), sign * float(r["ci_low"]), sign * float(r["ci_high"]))
                 lo, hi = min(lo, hi), max(lo, hi)
-                mark = str(r.get("mark", ""))
+                mark = "no test" if _missing(r.get("mark")) else str(r.get("mark"))
                 versus.append(f"vs {esc(other)} Δ {d:+.3f} [95 % CI {lo:.3f}, {hi:.3f}], {esc(r['test'])}, "
                               f"Holm p = {esc(format_p(float(r['p_holm'])))} ({esc(mark)})")
         parts = [lead] + ([f"Mean Dice difference {'; '.join(versus)}."] if versus else [])
@@ -580,20 +580,24 @@ class _Report:
                 ci = (f"{'+' if diff >= 0 else ''}{format_value(diff, metric)} "
                       f"[{format_value(float(r['ci_low']), metric)}, {format_value(float(r['ci_high']), metric)}]"
                       ) if np.isfinite(diff) else "—"
-                mark = str(r.get("mark", "n/a"))
-                why = esc(r.get("note", ""))
-                test = {"paired t-test": "t-test", "Wilcoxon signed-rank": "Wilcoxon"}.get(str(r["test"]), "none")
+                # no test ran (e.g. an arm has no HD95 for an organ it missed): "—" and the reason, never "nan"
+                mark = "—" if _missing(r.get("mark")) else str(r.get("mark"))
+                note = "" if _missing(r.get("note")) else str(r.get("note"))
+                why = esc(note)
+                test = {"paired t-test": "t-test", "Wilcoxon signed-rank": "Wilcoxon"}.get(str(r["test"]))
+                if test is None:
+                    test = f"none: {note}" if note else "none"
                 cells = [f'<td class="l">{esc(r["organ"])}</td>', f'<td class="l">{esc(r["arm_b"])} − {esc(r["arm_a"])}</td>',
                          f"<td>{int(r['n'])}</td>", f"<td>{format_value(float(r['mean_a']), metric)}</td>",
                          f"<td>{format_value(float(r['mean_b']), metric)}</td>", f"<td>{esc(ci)}</td>",
                          f'<td class="l" title="{why}">{esc(test)}</td>', f"<td>{esc(format_statistic(r))}</td>",
                          f"<td>{esc(format_p(float(r['p'])))}</td>", f"<td>{esc(format_p(float(r['p_holm'])))}</td>",
-                         f'<td class="{"mark" if mark not in ("ns", "n/a") else "ns"}">{esc(mark)}</td>',
+                         f'<td class="{"mark" if mark not in ("ns", "—") else "ns"}">{esc(mark)}</td>',
                          f"<td>{_signed2(r['effect_dz'])}</td>", f"<td>{_signed2(r['effect_rbc'])}</td>"]
                 if unpaired:
                     cells += [f"<td>{esc(_g(r['mwu_u']))}</td>", f"<td>{esc(format_p(float(r['mwu_p_holm'])))}</td>"]
                 rows.append(cells)
-                classes.append("sig" if mark not in ("ns", "n/a") else "")
+                classes.append("sig" if mark not in ("ns", "—") else "")
             direction = "higher is better" if HIGHER_IS_BETTER.get(metric, True) else "lower is better"
             table = table_html(header, rows, row_classes=classes, raw=True, left_cols=2)
             title = f"{esc(METRIC_LABELS.get(metric, metric))} <span class=\"muted small\">({direction})</span>"
@@ -622,7 +626,9 @@ class _Report:
             rows.append([str(r["organ"]), f"{r['arm_b']} − {r['arm_a']}", _signed3(r["d_dice"]),
                          _signed3(r["d_precision"]) + _mark_p(r.get("p_holm_precision")),
                          _signed3(r["d_recall"]) + _mark_p(r.get("p_holm_recall")),
-                         _pct(r.get("vol_err_pct_a")), _pct(r.get("vol_err_pct_b")), str(r["pattern"])])
+                         _pct(r.get("vol_err_pct_a")), _pct(r.get("vol_err_pct_b")),
+                         "— (precision or recall undefined for an arm)" if _missing(r.get("pattern"))
+                         else str(r["pattern"])])
         return ("<h3>Over- vs under-segmentation</h3><p class=\"small muted\">Mean paired shift B − A. Precision down "
                 "with recall up means B's masks grow beyond the organ (over-segmentation); the reverse means they "
                 "shrink. Volume error = (V<sub>pred</sub> − V<sub>GT</sub>) / V<sub>GT</sub>.</p>"
@@ -820,6 +826,19 @@ def _g(x: Any) -> str:
 def _pct(x: Any) -> str:
     v = float(x) if x is not None else float("nan")
     return f"{v:+.1f} %" if np.isfinite(v) else "—"
+
+
+def _missing(x: Any) -> bool:
+    """A cell with no value: None, NaN, empty, or the ``n/a`` that pandas reads back as NaN.
+
+    >>> [_missing(v) for v in (None, float("nan"), "", "n/a", "ns", 0.0)]
+    [True, True, True, True, False, False]
+    """
+    if x is None:
+        return True
+    if isinstance(x, float):
+        return not np.isfinite(x)
+    return str(x).strip().lower() in ("", "nan", "n/a")
 
 
 def _mark_p(p: Any) -> str:
