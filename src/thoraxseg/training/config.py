@@ -89,7 +89,11 @@ class AugmentConfig:
     ``±translate`` × slice side. Intensity (always): Gaussian noise of ``noise_std``
     (HU/1000, i.e. 0.01 = 10 HU), then, on the windowed input, a contrast factor uniform in
     ``intensity_scale`` and an offset uniform in ``±intensity_shift`` (window units;
-    0.05 = 50 HU with the window −1000…1000). No flips:
+    0.05 = 50 HU with the window −1000…1000). Field of view (with probability ``fov_prob``,
+    ``preprocessing: spacing`` only): everything outside a random rectangle of
+    ``fov_min_mm`` … the whole crop per side, centred near the slice's organs, becomes air
+    and background — as in a scan reconstructed or cropped to a small field of view, which
+    then reaches the network padded with air. No flips:
     a left-right flip moves heart and aortic arch to the wrong side and an
     anterior-posterior flip puts the heart behind the spine — neither is anatomy.
     """
@@ -102,6 +106,8 @@ class AugmentConfig:
     intensity_scale: tuple[float, float] = (0.9, 1.1)
     intensity_shift: float = 0.05
     noise_std: float = 0.01
+    fov_prob: float = 0.3
+    fov_min_mm: float = 150.0
 
 
 @dataclass
@@ -372,6 +378,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
          "loss.class_weights must be >= 0 and not all 0"),
         (0.0 <= cfg.augment.prob <= 1.0, "augment.prob must be in [0, 1]"),
         (0 < cfg.augment.scale[0] <= cfg.augment.scale[1], "augment.scale must be (low, high) with 0 < low <= high"),
+        (0.0 <= cfg.augment.fov_prob <= 1.0, f"augment.fov_prob must be in [0, 1], got {cfg.augment.fov_prob!r}"),
+        (cfg.augment.fov_min_mm > 0, f"augment.fov_min_mm must be > 0 mm, got {cfg.augment.fov_min_mm!r}"),
         (cfg.device == "cpu" or cfg.device.startswith("cuda"), "device must be cpu, cuda or cuda:N"),
     ]
     for ok, message in checks:

@@ -457,22 +457,26 @@ class EpochSampler(DistributedSampler):
 
 #: Columns of the per-slice augmentation parameter table (see :meth:`AugmentCollate.params`).
 PARAM_COLUMNS: tuple[str, ...] = ("angle", "scale", "tx", "ty", "contrast", "shift", "noise_k", "noise_dx",
-                                  "noise_dy")
+                                  "noise_dy", "fov", "fov_w", "fov_h", "fov_dx", "fov_dy")
 
 
 class AugmentCollate:
     """Stack a batch and draw each slice's augmentation parameters from ``(seed, epoch, slice_index)``.
 
-    Returns ``(images (B, 1, S, S), labels (B, S, S), params (B, 9))``; the parameters are
+    Returns ``(images (B, 1, S, S), labels (B, S, S), params (B, 14))``; the parameters are
     applied by :class:`BatchAugmenter` on the training device (GPU when training on one),
     so the loader only indexes and stacks cached slices. With ``cfg=None`` or
-    ``cfg.enabled=False`` ``params`` is None.
+    ``cfg.enabled=False`` ``params`` is None. ``fov_min``: the smallest simulated field of
+    view as a fraction of the crop side (``cfg.fov_min_mm / (S · spacing_mm)``); None turns the
+    field-of-view augmentation off (square-resized slices have no fixed pixel size).
     """
 
-    def __init__(self, cfg: AugmentConfig | None, seed: int, noise_bank: int = 16) -> None:
+    def __init__(self, cfg: AugmentConfig | None, seed: int, noise_bank: int = 16,
+                 fov_min: float | None = None) -> None:
         self.cfg = cfg
         self.seed = int(seed)
         self.noise_bank = int(noise_bank)
+        self.fov_min = None if fov_min is None else float(min(1.0, fov_min))
 
     def params(self, index: int, epoch: int) -> list[float]:
         """The augmentation parameters of one slice, in :data:`PARAM_COLUMNS` order.
@@ -480,6 +484,9 @@ class AugmentCollate:
         Spatial parameters are the identity with probability ``1 − prob``; translations are in
         ``affine_grid`` units (−1…1 = the whole slice); the noise is field ``noise_k`` of the
         bank, cyclically shifted by ``(noise_dx, noise_dy)`` pixels (as fractions of the side).
+        The field of view (``fov`` 1 with probability ``fov_prob``, else 0) is a rectangle of
+        ``fov_w × fov_h`` (fractions of the side) centred ``(fov_dx, fov_dy)`` (fractions of the
+        side) from the slice's organs.
         """
         cfg = self.cfg
         assert cfg is not None
@@ -494,10 +501,14 @@ class AugmentCollate:
         shift = float(rng.uniform(-cfg.intensity_shift, cfg.intensity_shift))
         k = float(rng.integers(0, self.noise_bank))
         dx, dy = (float(v) for v in rng.random(2))
-        return [angle, scale, tx, ty, contrast, shift, k, dx, dy]
+        fov = [0.0, 1.0, 1.0, 0.0, 0.0]
+        if self.fov_min is not None and rng.random() < cfg.fov_prob:
+            w, h = (float(v) for v in rng.uniform(self.fov_min, 1.0, 2))
+            fov = [1.0, w, h, *(float(v) for v in rng.uniform(-0.1, 0.1, 2))]
+        return [angle, scale, tx, ty, contrast, shift, k, dx, dy, *fov]
 
     def batch_params(self, keys: Sequence[tuple[int, int]]) -> torch.Tensor | None:
-        """``(B, 9)`` parameters for ``(slice_index, epoch)`` pairs (None when augmentation is off)."""
+        """``(B, 14)`` parameters for ``(slice_index, epoch)`` pairs (None when augmentation is off)."""
         if self.cfg is None or not self.cfg.enabled:
             return None
         return torch.tensor([self.params(i, e) for i, e in keys], dtype=torch.float64)
@@ -583,5 +594,26 @@ class BatchAugmenter:
             cols = (ar[None, :] - (p[:, 8] * side).long()[:, None]) % side
             noise = self.noise[k[:, None, None], rows[:, :, None], cols[:, None, :]]
             images = images + self.cfg.noise_std * noise[:, None]
+        if bool((p[:, 9] > 0).any()):
+            images, labels = _field_of_view(images, labels, p[:, 9:14])
         images = apply_windows(images, self.windows)
         return images * contrast.view(-1, 1, 1, 1) + shift.view(-1, 1, 1, 1), labels
+
+
+def _field_of_view(images: torch.Tensor, labels: torch.Tensor, fov: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Air (−1) and background outside each slice's field-of-view rectangle (``fov``: (B, 5), see
+    :meth:`AugmentCollate.params`), centred on the slice's organ pixels (the slice centre where it has none)."""
+    side_x, side_y = images.shape[-2], images.shape[-1]
+    ax = torch.arange(side_x, device=images.device, dtype=torch.float32)
+    ay = torch.arange(side_y, device=images.device, dtype=torch.float32)
+    organ = (labels > 0).float()
+    count = organ.sum(dim=(1, 2))
+    cx = torch.where(count > 0, (organ.sum(2) * ax).sum(1) / count.clamp(min=1), torch.full_like(count, side_x / 2))
+    cy = torch.where(count > 0, (organ.sum(1) * ay).sum(1) / count.clamp(min=1), torch.full_like(count, side_y / 2))
+    cx, cy = cx + fov[:, 3] * side_x, cy + fov[:, 4] * side_y
+    half_w, half_h = fov[:, 1] * side_x / 2, fov[:, 2] * side_y / 2
+    inside_x = (ax[None] >= (cx - half_w)[:, None]) & (ax[None] < (cx + half_w)[:, None])
+    inside_y = (ay[None] >= (cy - half_h)[:, None]) & (ay[None] < (cy + half_h)[:, None])
+    keep = (inside_x[:, :, None] & inside_y[:, None, :]) | (fov[:, 0] <= 0)[:, None, None]
+    return torch.where(keep[:, None], images, torch.full_like(images, -1.0)), torch.where(keep, labels, 0)

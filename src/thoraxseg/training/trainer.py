@@ -204,8 +204,15 @@ def make_batches(dataset: SliceDataset, sampler: EpochSampler, cfg: TrainConfig,
     """The batches of one epoch: gathered on the GPU when the slices are cached there, else a DataLoader."""
     if dataset.images.device.type == "cuda":
         sampler.set_epoch(epoch)
-        return DeviceBatches(dataset, sampler, cfg.batch_size, AugmentCollate(cfg.augment, cfg.seed))
+        return DeviceBatches(dataset, sampler, cfg.batch_size, AugmentCollate(cfg.augment, cfg.seed, fov_min=fov_fraction(cfg)))
     return make_loader(dataset, sampler, cfg, epoch, pin_memory=device.type == "cuda")
+
+
+def fov_fraction(cfg: TrainConfig) -> float | None:
+    """The smallest simulated field of view as a fraction of the crop (None: no field-of-view augmentation)."""
+    if cfg.spacing_mm is None:
+        return None
+    return cfg.augment.fov_min_mm / (cfg.image_size * cfg.spacing_mm)
 
 
 def make_loader(dataset: SliceDataset, sampler: EpochSampler, cfg: TrainConfig, epoch: int,
@@ -214,7 +221,7 @@ def make_loader(dataset: SliceDataset, sampler: EpochSampler, cfg: TrainConfig, 
     sampler.set_epoch(epoch)
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence((cfg.seed, epoch)).generate_state(1)[0]))
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                      collate_fn=AugmentCollate(cfg.augment, cfg.seed), generator=gen,
+                      collate_fn=AugmentCollate(cfg.augment, cfg.seed, fov_min=fov_fraction(cfg)), generator=gen,
                       worker_init_fn=_seed_worker, pin_memory=pin_memory, drop_last=False)
 
 
