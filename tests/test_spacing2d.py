@@ -199,3 +199,31 @@ def test_a_model_predicts_the_same_on_another_grid_and_field_of_view(phantom_2d_
             # Bound: 0.05 Dice is the target for the mean over patients; with 2 patients and a
             # 10-epoch model the per-organ spread between grids measured ≤ ... (README, benchmark table)
             assert abs(mean[variant][organ] - mean["small"][organ]) <= 0.05, (variant, organ, mean)
+
+
+def test_field_of_view_augmentation_leaves_air_outside_a_rectangle_around_the_organs() -> None:
+    from thoraxseg.training.config import AugmentConfig
+    from thoraxseg.training.data2d import AugmentCollate, BatchAugmenter
+
+    cfg = AugmentConfig(prob=0.0, noise_std=0.0, intensity_scale=(1.0, 1.0), intensity_shift=0.0, fov_prob=1.0)
+    collate = AugmentCollate(cfg, seed=5, fov_min=0.4)
+    params = collate.batch_params([(i, 0) for i in range(6)])
+    assert params is not None and params.shape == (6, 14)
+    assert torch.equal(params, collate.batch_params([(i, 0) for i in range(6)]))  # seeded per slice
+    assert bool((params[:, 9] == 1).all()) and bool(((params[:, 10:12] >= 0.4) & (params[:, 10:12] <= 1)).all())
+    images = torch.full((6, 1, 64, 64), 0.04)  # soft tissue everywhere (HU / 1000)
+    labels = torch.zeros((6, 64, 64), dtype=torch.long)
+    labels[:, 40:50, 10:20] = 2  # an organ off-centre
+    out, lab = BatchAugmenter(cfg, 5, 64)(images, labels, params)
+    air = out[:, 0] <= -1 + 1e-6  # the window −1000…1000 maps air to −1
+    for b in range(6):
+        inside = ~air[b]
+        rows, cols = torch.nonzero(inside.any(1)).flatten(), torch.nonzero(inside.any(0)).flatten()
+        # one filled rectangle of the drawn size (unless clipped by the slice edge) ...
+        assert inside.sum() == len(rows) * len(cols) and inside[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all()
+        assert abs(len(rows) - float(params[b, 10]) * 64) <= 2 or rows[0] == 0 or rows[-1] == 63
+        # ... containing the organ's centre (45, 15): the jitter is at most 0.1 of the side
+        assert rows[0] <= 45 <= rows[-1] and cols[0] <= 15 <= cols[-1]
+        assert not bool((lab[b][~inside] > 0).any())  # no organ left in the air
+    # off for square-resized runs: no field of view is drawn
+    assert bool((AugmentCollate(cfg, seed=5).batch_params([(0, 0)])[:, 9] == 0).all())
