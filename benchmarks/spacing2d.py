@@ -93,6 +93,10 @@ def main() -> None:
     parser.add_argument("--test-cases", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--speed-epochs", type=int, default=0,
+                        help="instead: time N-epoch trainings and the small-grid prediction, baseline and new "
+                             "alternately (--speed-repeats times), and print the ratios")
+    parser.add_argument("--speed-repeats", type=int, default=2)
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="spacing2d_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -103,6 +107,9 @@ def main() -> None:
         make_test_grids(work, list(range(N_TRAIN, N_TRAIN + args.test_cases)), args.seed)
     demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())["arms"]
     trees = {"baseline": args.baseline.resolve(), "new": ROOT}
+    if args.speed_epochs:
+        speed(args, work, demo, trees)
+        return
     results: dict[str, dict] = {}
     for arm in args.arms:
         spec = demo[arm]
@@ -148,6 +155,34 @@ def main() -> None:
         b, n = results[f"{arm}_baseline"], results[f"{arm}_new"]
         tb, tn = b["train_images_per_s"], n["train_images_per_s"]
         pb, pn = b["predict_s_per_volume_small"], n["predict_s_per_volume_small"]
+        print(f"| {arm} | {tb:.1f} | {tn:.1f} | {tn / tb:.2f} | {pb:.2f} | {pn:.2f} | {pn / pb:.2f} |")
+
+
+def speed(args: argparse.Namespace, work: Path, demo: dict, trees: dict[str, Path]) -> None:
+    """Training images/s and prediction s/volume of both trees, measured alternately (same machine state)."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    for rep in range(args.speed_repeats):
+        for arm in args.arms:
+            cfg_path = work / f"{arm}.yaml"
+            cfg_path.write_text(yaml.safe_dump(demo[arm]["config"]))
+            for side, tree in (trees.items() if rep % 2 == 0 else reversed(trees.items())):
+                run = work / "speed" / f"{arm}_{side}_{rep}"
+                print(f"speed: {arm} ({side}) repeat {rep + 1}; {_load()}", flush=True)
+                _thoraxseg(tree, ["train", "--model", arm, "--data", str(work / "train"), "--out", str(run),
+                                  "--config", str(cfg_path), "--epochs", str(args.speed_epochs),
+                                  "--threads", str(args.threads)])
+                seconds = _thoraxseg(tree, ["predict", "--run", str(run), "--images", str(work / "test" / "small"),
+                                            "--out", str(work / "speed" / f"pred_{arm}_{side}_{rep}")])
+                entry = rows.setdefault(f"{arm}_{side}", {"train": [], "predict": []})
+                entry["train"].append(train_speed(run))
+                entry["predict"].append(seconds / args.test_cases)
+    print(f"\nspeed ({args.speed_epochs} epochs x {args.speed_repeats} repeats, alternating; medians; {_load()})")
+    print("| arm | train images/s baseline | new | new / baseline | predict s/volume baseline | new | new / baseline |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for arm in args.arms:
+        b, n = rows[f"{arm}_baseline"], rows[f"{arm}_new"]
+        tb, tn = float(np.median(b["train"])), float(np.median(n["train"]))
+        pb, pn = float(np.median(b["predict"])), float(np.median(n["predict"]))
         print(f"| {arm} | {tb:.1f} | {tn:.1f} | {tn / tb:.2f} | {pb:.2f} | {pn:.2f} | {pn / pb:.2f} |")
 
 
