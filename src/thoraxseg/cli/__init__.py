@@ -23,6 +23,7 @@ STAGES: tuple[str, ...] = (
     "realign",
     "train",
     "predict",
+    "qa",
     "nnunet",
     "slurm",
     "evaluate",
