@@ -262,3 +262,116 @@ def test_cli_argument_errors(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["qa", "--data", str(tmp_path)])
     assert exc.value.code == 2 and "one of the arguments" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- study report
+
+
+def test_report_shows_the_qa_section_with_overlays(tmp_path: Path, thorax) -> None:
+    from thoraxseg.report import build_report
+
+    data, ref, _ = _dataset(tmp_path, thorax, {"Patient_01": (-20.0, (10.0, 10.0, 0.0)), "Patient_02": None})
+    study = tmp_path / "study"
+    run_qa(data, reference=ref, out=study / "realign" / "qa")
+    html = build_report(study, tmp_path / "report.html").read_text(encoding="utf-8")
+    section = html.split('id="realign"', 1)[1].split("<section", 1)[0]
+    assert "Label QA (realign/qa/qa.csv)" in section
+    assert "misplaced → fixed" in section and "fixed (rigid fit accepted by the gate): Patient_01" in section
+    assert section.count("data:image/png;base64,") == 1  # the one misplaced organ's overlay
+
+
+def test_study_config_realign_qa(tmp_path: Path) -> None:
+    from thoraxseg.errors import ConfigError
+    from thoraxseg.study.config import StudyConfig
+
+    base = {"data": {"phantom": {"cases": 3}}, "arms": {"customnet": {}}}
+    cfg = StudyConfig.from_dict({**base, "realign": {"method": "qa", "qa_run": "runs/ref"}}, base_dir=tmp_path)
+    assert cfg.realign.qa_run == str((tmp_path / "runs" / "ref").resolve())  # relative to the config file
+    with pytest.raises(ConfigError, match=r"realign\.method qa needs realign\.qa_run"):
+        StudyConfig.from_dict({**base, "realign": {"method": "qa"}})
+    with pytest.raises(ConfigError, match=r"only used with realign\.method: qa"):
+        StudyConfig.from_dict({**base, "realign": {"method": "sweep", "qa_run": "x"}})
+    with pytest.raises(ConfigError, match="sweep, elastix or qa"):
+        StudyConfig.from_dict({**base, "realign": {"method": "icp"}})
+
+
+# ----------------------------------------------------------------------------- slow: a trained reference
+
+
+def _assert_fixed_within_limit(result: dict, data: Path, fix: Path, truth: dict, bound: float) -> int:
+    """Every moved organ is found and fixed within ``bound`` IoU of the exact inverse; returns how many."""
+    from thoraxseg.data.phantom import generate_case
+
+    n = 0
+    for t in truth["patients"]:
+        if t["organ"] is None:
+            continue
+        p = next(p for p in result["patients"] if p["patient"] == t["patient"])
+        assert p["fixed"] == [t["organ"]], (t["patient"], p["organs"])
+        code = int(Organ[t["organ"].upper()])
+        clean = generate_case(7, t["index"], "small").labels == code
+        fixed = load_label(fix / "train" / t["patient"] / "GT.nii.gz").array == code
+        assert iou(fixed, clean) >= t["limit_iou"] - bound, t["patient"]
+        n += 1
+    return n
+
+
+@pytest.mark.slow
+def test_qa_with_a_phantom_trained_run_finds_and_fixes_per_patient_moves(tmp_path: Path, phantom_2d_run) -> None:
+    # Patients 22-25 of seed 7: the shared run trained on 0-9 and never saw them. move_seed 3 moves
+    # organs of some of them (heart or aorta, each its own random move) and leaves the others clean.
+    truth = synthetic.misplaced_cohort(tmp_path / "data", range(22, 26), seed=7, move_seed=3, moved_fraction=0.5)
+    moved = [t for t in truth["patients"] if t["organ"]]
+    assert 1 <= len(moved) < len(truth["patients"])  # the cohort holds both kinds
+    result = run_qa(tmp_path / "data", run=phantom_2d_run, out=tmp_path / "qa", fix=tmp_path / "fixed")
+    # 0.03 IoU of the nearest-neighbour limit: the issue's target, measured by benchmarks/qa.py
+    assert _assert_fixed_within_limit(result, tmp_path / "data", tmp_path / "fixed", truth, 0.03) == len(moved)
+    for t in truth["patients"]:
+        if t["organ"] is None:  # clean patients: no fix, byte-identical label in the copy
+            rel = Path("train") / t["patient"] / "GT.nii.gz"
+            assert (tmp_path / "fixed" / rel).read_bytes() == (tmp_path / "data" / rel).read_bytes()
+            p = next(p for p in result["patients"] if p["patient"] == t["patient"])
+            assert not p["fixed"] and not any(r["verdict"] == "misplaced" for r in p["organs"])
+    assert (tmp_path / "qa" / "reference" / "Patient_23.nii.gz").is_file()
+
+
+@pytest.mark.slow
+def test_qa_fixes_the_course_corruption_without_the_reference_pair(tmp_path: Path, phantom_2d_run) -> None:
+    from thoraxseg.data.phantom import corruption_matrix, generate_case
+    from thoraxseg.data.volume import save_label, save_volume
+
+    rows = []
+    for i in (26, 27):
+        case = generate_case(7, i, "small")
+        folder = tmp_path / "data" / "train" / case.patient_id
+        folder.mkdir(parents=True)
+        save_volume(case.image, folder / f"{case.patient_id}.nii.gz")
+        m = corruption_matrix(case.image.shape)
+        moved, _ = move_label_cropped(case.labels, HEART, m)
+        back, _ = move_label_cropped(moved, HEART, np.linalg.inv(m), APPLY_MODE)
+        save_label(moved, case.image, folder / "GT.nii.gz")
+        rows.append({"patient": case.patient_id, "index": i, "organ": "heart",
+                     "limit_iou": iou(back == HEART, case.labels == HEART)})
+    result = run_qa(tmp_path / "data", run=phantom_2d_run, out=tmp_path / "qa", fix=tmp_path / "fixed")
+    # the issue's target for the course corruption: within 0.02 IoU of the nearest-neighbour limit
+    assert _assert_fixed_within_limit(result, tmp_path / "data", tmp_path / "fixed", {"patients": rows}, 0.02) == 2
+
+
+@pytest.mark.slow
+def test_study_with_realign_method_qa_fixes_before_the_split(tmp_path: Path, phantom_2d_run) -> None:
+    import yaml
+
+    from study_fixture import tiny_study_config
+
+    truth = synthetic.misplaced_cohort(tmp_path / "raw", range(22, 26), seed=7, move_seed=3, moved_fraction=0.5)
+    cfg = tiny_study_config({"root": str(tmp_path / "raw"), "test_cases": 99},
+                            realign={"enabled": "auto", "label": "heart", "method": "qa",
+                                     "qa_run": str(phantom_2d_run)})
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
+    # data.test_cases 99 > the dataset: the split stage refuses, which shows realign let the study go on
+    assert main(["study", "--config", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "study")]) == 1
+    marker = json.loads((tmp_path / "study" / ".stages" / "realign.json").read_text())
+    expected = sorted(t["patient"] for t in truth["patients"] if t["organ"])
+    assert marker["applied"] is True and sorted(marker["fixed"]) == expected
+    assert (tmp_path / "study" / "realign" / "qa" / "qa.csv").is_file()
+    assert (tmp_path / "study" / "data" / "fixed" / "train").is_dir()
