@@ -296,11 +296,12 @@ def run_qa(
             "patients": patients,
         }
         if fix_dir is not None:
-            _write_fix(src, fix_dir, patients, overwrite)
             result["fix"] = {"out": str(fix_dir), "patients": [p["patient"] for p in patients if p["fixed"]]}
         result["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
         write_text_atomic(tmp / "qa.csv", qa_csv(patients))
         write_json_atomic(tmp / "qa.json", result)
+        if fix_dir is not None:  # last: the corrected copy appears only when everything else is written
+            _write_fix(src, fix_dir, patients, overwrite)
     return result
 
 
