@@ -68,7 +68,8 @@ def qa_table(result: dict[str, Any]) -> Table:
     for p in result["patients"]:
         for r in p["organs"]:
             style = _STYLE.get(r["verdict"], "")
-            verdict = r["verdict"] + (" → fixed" if r["fix_accepted"] else "") + (f" ({r['note']})" if r["note"] else "")
+            note = f" ({r['note']})" if r["note"] and r["verdict"] != "consistent" else ""
+            verdict = r["verdict"] + (" → fixed" if r["fix_accepted"] else "") + note
             table.add_row(p["patient"], r["organ"], _f(r["dice"]), _f(r["centroid_offset_mm"], ".1f"),
                           _f(r["volume_ratio"], ".2f"), _f(r["hd95_mm"], ".1f"),
                           "-" if r["air_fraction"] is None else f"{r['air_fraction']:.1%}", _f(r["dice_after"]),

@@ -228,7 +228,7 @@ def assess_case(
             elif float(row["dice"]) + g.min_gain > 1.0:
                 # Dice after any fit is at most 1, so the fit could not gain min_gain: not misplaced.
                 row["verdict"] = "consistent"
-                row["note"] = "no fit needed (Dice too high to gain the misplaced margin)"
+                row["note"] = "not registered: Dice above 1 - min_gain"
             else:
                 _fit(row, c, labels, reference, lm, rm, ct, sp, g, seed)
                 if row["verdict"] == "misplaced" and row["fix_accepted"]:
