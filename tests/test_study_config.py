@@ -39,7 +39,7 @@ def test_gpu_config_has_seed_settings() -> None:
         ({"data": {"phantom": {}}, "arms": {"x": {"model": "resnet"}}}, "model must be one of"),
         ({"data": {"phantom": {}}, "arms": {"enet": {}}, "colour": 1}, "unknown keys: colour"),
         ({"data": {"phantom": {}}, "arms": {"enet": {}}, "device": "tpu"}, "device must be"),
-        ({"data": {"phantom": {}}, "arms": {"enet": {}}, "realign": {"method": "icp"}}, "sweep or elastix"),
+        ({"data": {"phantom": {}}, "arms": {"enet": {}}, "realign": {"method": "icp"}}, "sweep, elastix or qa"),
         ({"data": {"phantom": {}}, "arms": {"enet": {}}, "realign": {"enabled": "maybe"}}, "auto, true or false"),
         ({"data": {"phantom": {}}, "arms": {"enet": {}}, "threads": 0}, "threads must be a positive integer"),
         ({"data": {"phantom": {}}, "arms": {"enet": {}}, "threads": "two"}, "threads must be a positive integer"),

@@ -25,6 +25,7 @@ STAGES: tuple[str, ...] = (
     "predict",
     "export_model",
     "segment",
+    "qa",
     "nnunet",
     "slurm",
     "evaluate",

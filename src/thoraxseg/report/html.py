@@ -84,6 +84,7 @@ tbody tr:hover{background:#f8fbff}
 td.best{font-weight:700;color:var(--good)}
 td.wraptext{white-space:normal;min-width:320px}
 tr.sig td{background:#f1faf3}
+tr.flag td{background:#fff6e0}
 td.mark{font-weight:700;color:var(--good);text-align:left}
 td.ns{color:#9aa5b1;text-align:left}
 table.kv td{text-align:left;border:none;padding:2px 10px 2px 0;white-space:normal;vertical-align:top}
@@ -484,6 +485,8 @@ class _Report:
 
     def sec_realign(self) -> str:
         fix = self.s.fix
+        if isinstance(self.s.qa, dict):
+            return self.sec_qa()
         if not isinstance(fix, dict):
             return not_run("Label realignment was not run (no reference pair with a moved label, or "
                            "realign.enabled: false).")
@@ -503,6 +506,43 @@ class _Report:
             apply_html = not_run("realign/apply.json is missing (the correction was not applied to the dataset).")
         return (f'<div class="grid2"><div><h3>Estimated transform (realign/fix.json)</h3>{shown}{details}'
                 f"</div><div>{fig}</div></div>{apply_html}")
+
+    def sec_qa(self) -> str:
+        """Label QA against a trained model's predictions (``realign/qa/qa.json``, ``realign.method: qa``)."""
+        qa = self.s.qa
+        summary = qa.get("summary") or {}
+        ref = qa.get("reference") or {}
+        counts = ", ".join(f"{n} {v}" for v, n in (summary.get("verdicts") or {}).items() if n)
+        intro = (f"<p>Every label was judged against the prediction of the trained run "
+                 f"<code>{esc(ref.get('run', ref.get('kind', '?')))}</code> (no clean label needed): "
+                 f"{esc(summary.get('patients', '?'))} patient(s), {esc(counts or 'no organs')}. Flagged: "
+                 f"{esc(', '.join(summary.get('flagged_patients') or []) or 'none')}; fixed (rigid fit accepted by "
+                 f"the gate): {esc(', '.join(summary.get('fixed_patients') or []) or 'none')}.</p>")
+        header = ["patient", "organ", "verdict", "Dice", "Dice after fit", "centroid Δ mm", "volume ratio",
+                  "HD95 mm", "on air", "fit rotation °", "fit move mm", "note"]
+        rows, classes = [], []
+
+        def f(v: Any, fmt: str = ".3f") -> str:
+            return "—" if v is None else format(v, fmt)
+
+        for p in qa.get("patients") or []:
+            for r in p.get("organs") or []:
+                if r.get("verdict") == "absent":
+                    continue
+                verdict = str(r.get("verdict")) + (" → fixed" if r.get("fix_accepted") else "")
+                rows.append([p.get("patient", "?"), r.get("organ", "?"), verdict, f(r.get("dice")),
+                             f(r.get("dice_after")), f(r.get("centroid_offset_mm"), ".1f"),
+                             f(r.get("volume_ratio"), ".2f"), f(r.get("hd95_mm"), ".1f"),
+                             "—" if r.get("air_fraction") is None else f"{r['air_fraction']:.1%}",
+                             f(r.get("fit_rotation_deg"), ".1f"), f(r.get("fit_move_mm"), ".1f"), r.get("note") or ""])
+                classes.append("" if r.get("verdict") == "consistent" else "flag")
+        table = table_html(header, rows, classes, left_cols=3, wrap_cols=(11,))
+        figs = "".join(figure_html(png, f"qa overlay {name}", f"{esc(name)}: label before (red), after the fix "
+                                   "(yellow) and the reference prediction (green) (realign/qa/overlays).")
+                       for name, png in self.s.qa_overlays.items())
+        figs = f'<div class="grid2">{figs}</div>' if figs else not_run("No organ was found misplaced: no overlays.")
+        gate = f"<details><summary>Gate thresholds (qa.json)</summary>{json_block(qa.get('gate') or {})}</details>"
+        return f"<h3>Label QA (realign/qa/qa.csv)</h3>{intro}{table}{gate}<h3>Before/after</h3>{figs}"
 
     def realign_figure(self) -> str:
         s = self.s

@@ -52,6 +52,9 @@ class Study:
         ``realign/fix.json`` and ``realign/apply.json`` content.
     overlay_png
         ``realign/overlay.png`` bytes when the study wrote one.
+    qa, qa_overlays
+        ``realign/qa/qa.json`` content (``realign.method: qa``) and its before/after overlays
+        (``realign/qa/overlays/*.png``: file stem → PNG bytes).
     split
         ``data/split.json`` content.
     arms
@@ -73,6 +76,8 @@ class Study:
     fix: Any = None
     apply: Any = None
     overlay_png: bytes | None = None
+    qa: Any = None
+    qa_overlays: dict[str, bytes] = field(default_factory=dict)
     split: Any = None
     phantom: Any = None
     arms: list[str] = field(default_factory=list)
@@ -177,6 +182,15 @@ def load_study(root: str | Path) -> Study:
             study.overlay_png = data
         else:
             study._problem(overlay, "not a PNG file")
+    study.qa = _read_json(study, base / "realign" / "qa" / "qa.json")
+    qa_figs = base / "realign" / "qa" / "overlays"
+    if qa_figs.is_dir():
+        for png in sorted(qa_figs.glob("*.png"), key=lambda p: _natural_key(p.name)):
+            data = png.read_bytes()
+            if data[:8] == b"\x89PNG\r\n\x1a\n":
+                study.qa_overlays[png.stem] = data
+            else:
+                study._problem(png, "not a PNG file")
     study.split = _read_json(study, base / "data" / "split.json")
     study.phantom = _read_json(study, base / "data" / "raw" / "phantom.json")
     arms_dir = base / "arms"

@@ -43,12 +43,17 @@ class RealignSection:
     ``GT2.nii.gz``) whose ``GT.nii.gz`` looks moved; without one it stops the study when ``check``
     flags the label anywhere. ``true`` requires a pair and always applies; ``false`` trains on the
     labels as they are.
+
+    ``method: qa`` needs no reference pair: ``thoraxseg qa`` judges every label against the
+    prediction of the trained run ``qa_run`` (a run folder, relative to the config file; trained on
+    phantoms, on another dataset, …) and applies the fixes its gate accepts (``realign/qa/``).
     """
 
     enabled: str | bool = "auto"
     label: str = "heart"
-    method: str = "sweep"
+    method: str = "sweep"  #: sweep or elastix (estimate on the reference pair), or qa (no pair needed)
     reference: str | None = None  #: patient ID of the reference pair; default: the first case that has one
+    qa_run: str | None = None  #: with method qa: the trained run whose predictions are the reference
 
 
 @dataclass
@@ -99,8 +104,16 @@ class StudyConfig:
         organ_from_name(realign.label)  # validates
         if realign.enabled not in ("auto", True, False, "true", "false"):
             raise ConfigError(f"realign.enabled must be auto, true or false, not {realign.enabled!r}")
-        if realign.method not in ("sweep", "elastix"):
-            raise ConfigError(f"realign.method must be sweep or elastix, not {realign.method!r}")
+        if realign.method not in ("sweep", "elastix", "qa"):
+            raise ConfigError(f"realign.method must be sweep, elastix or qa, not {realign.method!r}")
+        if realign.method == "qa":
+            if not isinstance(realign.qa_run, str) or not realign.qa_run:
+                raise ConfigError(f"realign.method qa needs realign.qa_run (a trained run folder), got "
+                                  f"{realign.qa_run!r}")
+            if base_dir is not None and not Path(realign.qa_run).is_absolute():
+                realign.qa_run = str((base_dir / realign.qa_run).resolve())
+        elif realign.qa_run is not None:
+            raise ConfigError(f"realign.qa_run is only used with realign.method: qa (method is {realign.method!r})")
         arms: dict[str, ArmSection] = {}
         for name, spec in (raw.get("arms") or {}).items():
             spec = dict(spec or {})

@@ -161,6 +161,8 @@ def _stage_realign(study: Study) -> dict[str, Any]:
     if cfg.enabled in (False, "false"):
         console.print("realign: disabled (realign.enabled: false) — labels used as they are")
         return {"applied": False}
+    if cfg.method == "qa":
+        return _realign_qa(study)
     forced = cfg.enabled in (True, "true")
     ref = _reference_case(study)
     if ref is None:
@@ -217,6 +219,42 @@ def _stage_realign(study: Study) -> dict[str, Any]:
     write_json_atomic(study.root / "check_fixed.json", after.to_dict())
     return {"applied": True, "reference": ref.patient_id, "reference_label": str(clean_path),
             "verdict": verdict, "warnings_after": after.n_warnings}
+
+
+def _realign_qa(study: Study) -> dict[str, Any]:
+    """``realign.method: qa``: judge every label against ``realign.qa_run``'s predictions; apply accepted fixes.
+
+    Writes ``realign/qa/`` (``qa.csv``, ``qa.json``, reference predictions, overlays) and, when a fix
+    was accepted, ``data/fixed``. Reference pairs are not used. If ``check`` still flags the realign
+    label of a case afterwards (qa could not fix it), the study stops before training.
+    """
+    from thoraxseg.data.check import check_dataset
+    from thoraxseg.qa.run import run_qa
+
+    cfg = study.config.realign
+    assert cfg.qa_run is not None  # validated by the config
+    out = study.root / "realign" / "qa"
+    fixed = study.root / "data" / "fixed"
+    result = run_qa(study.raw, run=cfg.qa_run, out=out, fix=fixed, seed=study.config.seed, overwrite=True,
+                    device=study.config.device)
+    s = result["summary"]
+    applied = bool(s["fixed_patients"])
+    console.print(f"realign (qa against {cfg.qa_run}): fixed {', '.join(s['fixed_patients']) or 'nothing'}; "
+                  f"flagged {', '.join(s['flagged_patients']) or 'nothing'} ({out / 'qa.csv'})", soft_wrap=True)
+    if not applied:
+        shutil.rmtree(fixed)
+    after = check_dataset(fixed if applied else study.raw, progress=False)
+    if applied:
+        write_json_atomic(study.root / "check_fixed.json", after.to_dict())
+    organ = cfg.label
+    still = [c.patient_id for c in after.cases if any(o.organ == organ and o.suspicious for o in c.organs)]
+    if still:
+        raise ConfigError(
+            f"realign.method: qa: check still flags the {organ} label of {', '.join(still)} after qa "
+            f"(see {out / 'qa.csv'}): fix those labels, or set realign.enabled: false to train on them anyway; "
+            "then re-run with --force")
+    return {"applied": applied, "method": "qa", "qa_run": cfg.qa_run, "fixed": s["fixed_patients"],
+            "flagged": s["flagged_patients"], "warnings_after": after.n_warnings}
 
 
 def _stage_split(study: Study) -> dict[str, Any]:

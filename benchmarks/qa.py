@@ -1,0 +1,216 @@
+"""Benchmark `thoraxseg qa`: detection and correction of per-patient misplaced labels, no clean reference.
+
+Reference: a CustomNet trained on 10 small phantoms of seed 7 (indices 0–9), exactly the test
+suite's shared run (``tests/trained_fixture.py``), trained once and cached in ``WORK/ref``.
+Judged patients: small phantoms of seed 7 with indices 20, 21, … (patients the run never saw).
+Three cohorts of the same patients (so one prediction per patient serves all three):
+
+* ``moved`` — each patient gets its own random rigid move of the heart or the aorta (in-plane
+  10–40°, out of plane ±5°, shift ±25 mm) with probability 0.5, or none
+  (:func:`thoraxseg.qa.synthetic.misplaced_cohort`);
+* ``clean`` — no move at all;
+* ``course`` — every heart moved by the course corruption (−27°, shift (50, 40, 15) on the
+  512 grid, scaled), and *no* reference pair used.
+
+Printed: precision/recall of "misplaced" (patient-organ level), for every fixed organ the IoU gap
+to the nearest-neighbour limit (IoU with the clean label of the exact inverse applied to the moved
+label) and the rotation error against the exact inverse, the number of changed labels on clean
+patients and on the clean cohort, the Dice statistics behind the gate thresholds, seconds per
+patient (QA only, the reference prediction excluded) and the load average.
+
+Run: ``PYTHONPATH=src .venv/bin/python benchmarks/qa.py [--cases 20] [--work DIR]`` (2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from thoraxseg.data.phantom import corruption_matrix, generate_case
+from thoraxseg.data.volume import load_label, save_label, save_volume
+from thoraxseg.labels import Organ, label_name
+from thoraxseg.qa.run import run_qa
+from thoraxseg.qa.synthetic import misplaced_cohort
+from thoraxseg.realign.estimate import APPLY_MODE
+from thoraxseg.realign.geometry import iou, move_label_cropped, relative_rotation_deg
+from thoraxseg.utils.atomic import atomic_dir, write_json_atomic
+
+console = Console(width=160, highlight=False)
+ROOT = Path(__file__).resolve().parents[1]
+SEED = 7
+FIRST = 20
+HEART = int(Organ.HEART)
+
+
+def reference_run(work: Path) -> Path:
+    """The shared test run (tests/trained_fixture.py), trained once into ``work/ref``."""
+    run = work / "ref" / "run"
+    if (run / "best.pt").is_file():
+        return run
+    sys.path.insert(0, str(ROOT / "tests"))
+    from trained_fixture import train_shared_run
+
+    return train_shared_run(work / "ref")
+
+
+def course_cohort(out: Path, indices: list[int]) -> dict:
+    """The same patients with every heart moved by the course corruption (no reference pair)."""
+    if (out / "truth.json").is_file():
+        return json.loads((out / "truth.json").read_text())
+    rows = []
+    with atomic_dir(out) as tmp:
+        for i in indices:
+            case = generate_case(SEED, i, "small")
+            folder = tmp / "train" / case.patient_id
+            folder.mkdir(parents=True)
+            save_volume(case.image, folder / f"{case.patient_id}.nii.gz")
+            m = corruption_matrix(case.image.shape)
+            moved, _ = move_label_cropped(case.labels, HEART, m)
+            back, _ = move_label_cropped(moved, HEART, np.linalg.inv(m), APPLY_MODE)
+            save_label(moved, case.image, folder / "GT.nii.gz")
+            rows.append({"patient": case.patient_id, "index": i, "organ": "heart", "matrix_voxel": m.tolist(),
+                         "limit_iou": iou(back == HEART, case.labels == HEART)})
+        truth = {"patients": rows}
+        write_json_atomic(tmp / "truth.json", truth)
+    return truth
+
+
+def cached(path: Path, make) -> dict:
+    if (path / "truth.json").is_file():
+        return json.loads((path / "truth.json").read_text())
+    return make()
+
+
+def judge(name: str, data: Path, truth: dict, pred: Path, work: Path) -> dict:
+    """Run QA with ``--fix``; compare with the truth."""
+    qa_dir, fix_dir = work / f"qa_{name}", work / f"fixed_{name}"
+    t0 = time.perf_counter()
+    result = run_qa(data, reference=pred, out=qa_dir, fix=fix_dir, overwrite=True, overlays=False)
+    wall = time.perf_counter() - t0
+    moved = {(p["patient"], p["organ"]): p for p in truth["patients"] if p["organ"]}
+    tp = fp = fn = 0
+    gaps, rot_err, changed_clean, other_flags = [], [], 0, []
+    for p in result["patients"]:
+        pid = p["patient"]
+        index = next(t["index"] for t in truth["patients"] if t["patient"] == pid)
+        clean = generate_case(SEED, index, "small")
+        spacing = clean.image.spacing
+        for r in p["organs"]:
+            key = (pid, r["organ"])
+            found = r["verdict"] == "misplaced"
+            if key in moved:
+                tp += found
+                fn += not found
+                if r["fix_accepted"]:
+                    code = int(Organ[r["organ"].upper()])
+                    fixed = load_label(fix_dir / "train" / pid / "GT.nii.gz").array
+                    t = moved[key]
+                    gaps.append(t["limit_iou"] - iou(fixed == code, clean.labels == code))
+                    rot_err.append(relative_rotation_deg(np.asarray(r["matrix_voxel"]),
+                                                         np.linalg.inv(np.asarray(t["matrix_voxel"])), spacing))
+            else:
+                fp += found
+                if r["verdict"] not in ("consistent", "absent", "misplaced"):
+                    other_flags.append(f"{pid}/{r['organ']}: {r['verdict']}")
+        if not any(k[0] == pid for k in moved):
+            src = data / "train" / pid / "GT.nii.gz"
+            changed_clean += (fix_dir / "train" / pid / "GT.nii.gz").read_bytes() != src.read_bytes()
+    return {"name": name, "result": result, "tp": tp, "fp": fp, "fn": fn, "gaps": gaps, "rot_err": rot_err,
+            "changed_clean": changed_clean, "other_flags": other_flags, "wall_s": wall,
+            "per_patient_s": result["seconds"]["qa_per_patient"]}
+
+
+def _fmt_range(values: list[float], digits: int = 3) -> str:
+    return "-" if not values else f"{min(values):.{digits}f} … {max(values):.{digits}f} (mean {np.mean(values):.{digits}f})"
+
+
+def gate_stats(clean: dict, moved: dict, truth: dict) -> Table:
+    """Dice before/after the fit and fit motion, clean organs vs moved organs (the gate's evidence)."""
+    moved_keys = {(p["patient"], p["organ"]) for p in truth["patients"] if p["organ"]}
+    table = Table(title="evidence for the gate thresholds (Dice vs the reference, fit gain, fit motion)")
+    for c in ("organ", "clean: Dice", "clean: gain of the fit", "clean: fit move mm", "moved: Dice before",
+              "moved: Dice after fit"):
+        table.add_column(c)
+    for code in (1, 2, 3, 4):
+        name = label_name(code)
+        cd, cg, cm, md, ma = [], [], [], [], []
+        for p in clean["result"]["patients"]:
+            r = next(r for r in p["organs"] if r["organ"] == name)
+            if r["dice"] is not None:
+                cd.append(r["dice"])
+            if r["dice_after"] is not None:
+                cg.append(r["dice_after"] - r["dice"])
+                cm.append(r["fit_move_mm"])
+        for p in moved["result"]["patients"]:
+            if (p["patient"], name) in moved_keys:
+                r = next(r for r in p["organs"] if r["organ"] == name)
+                md.append(r["dice"])
+                if r["dice_after"] is not None:
+                    ma.append(r["dice_after"])
+        table.add_row(name, _fmt_range(cd), _fmt_range(cg), _fmt_range(cm, 1), _fmt_range(md), _fmt_range(ma))
+    return table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=20, help="patients per cohort (default 20)")
+    parser.add_argument("--move-seed", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=Path("benchmarks/.qa-work"),
+                        help="cache folder: reference run, cohorts, predictions (default benchmarks/.qa-work)")
+    args = parser.parse_args()
+    os.environ.setdefault("THORAXSEG_NO_PROGRESS", "1")
+    torch.set_num_threads(2)
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    indices = list(range(FIRST, FIRST + args.cases))
+    run = reference_run(work)
+    moved_truth = cached(work / "moved", lambda: misplaced_cohort(work / "moved", indices, SEED, args.move_seed, 0.5))
+    clean_truth = cached(work / "clean", lambda: misplaced_cohort(work / "clean", indices, SEED, 0, 0.0))
+    course_truth = course_cohort(work / "course", indices)
+    pred = work / "pred"
+    t_pred = 0.0
+    if not pred.is_dir():
+        from thoraxseg.inference import predict
+
+        t0 = time.perf_counter()
+        predict(run, work / "clean", pred)
+        t_pred = time.perf_counter() - t0
+    results = {n: judge(n, work / n, t, pred, work)
+               for n, t in (("moved", moved_truth), ("clean", clean_truth), ("course", course_truth))}
+    load = os.getloadavg()
+
+    table = Table(title=f"thoraxseg qa on {args.cases} small phantoms (seed {SEED}, indices {indices[0]}–"
+                        f"{indices[-1]}); reference = CustomNet trained on seed {SEED} indices 0–9")
+    for c in ("cohort", "moved organs", "TP", "FP", "FN", "precision", "recall", "fixed", "IoU gap to limit",
+              "rotation error °", "changed clean labels", "other flags", "s / patient"):
+        table.add_column(c)
+    for n, r in results.items():
+        n_moved = r["tp"] + r["fn"]
+        prec = r["tp"] / (r["tp"] + r["fp"]) if r["tp"] + r["fp"] else float("nan")
+        rec = r["tp"] / n_moved if n_moved else float("nan")
+        table.add_row(n, str(n_moved), str(r["tp"]), str(r["fp"]), str(r["fn"]), f"{prec:.3f}", f"{rec:.3f}",
+                      str(len(r["gaps"])), _fmt_range(r["gaps"]), _fmt_range(r["rot_err"], 2),
+                      str(r["changed_clean"]), str(len(r["other_flags"])), f"{r['per_patient_s']:.2f}")
+    console.print(table)
+    console.print(gate_stats(results["clean"], results["moved"], moved_truth))
+    for n, r in results.items():
+        if r["other_flags"]:
+            console.print(f"{n}: other flags on unmoved organs: " + "; ".join(r["other_flags"]))
+    if t_pred:
+        console.print(f"reference prediction: {t_pred:.1f} s for {args.cases} patients (not counted above)")
+    console.print(f"torch threads {torch.get_num_threads()}, CPU cores {os.cpu_count()}, load average "
+                  f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1/5/15 min)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

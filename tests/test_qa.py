@@ -1,0 +1,381 @@
+"""Label QA (`thoraxseg qa`): verdicts, the fix gate, outputs, --fix atomicity, folds, bad input.
+
+Fast tests use the synthetic thorax with a *known* reference (the clean label, or a deliberately
+altered one), so every verdict is determined by construction. The slow tests at the end use the
+session's shared phantom-trained CustomNet (``phantom_2d_run``) as the reference.
+"""
+
+from __future__ import annotations
+
+import doctest
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from thoraxseg.cli import main
+from thoraxseg.data.volume import load_label
+from thoraxseg.labels import Organ
+from thoraxseg.qa import assess, run, synthetic
+from thoraxseg.qa.assess import Gate, assess_case
+from thoraxseg.qa.run import CSV_COLUMNS, cross_validated_reference, cv_folds, run_qa
+from thoraxseg.realign import synthetic as thorax_synth
+from thoraxseg.realign.estimate import APPLY_MODE
+from thoraxseg.realign.geometry import centroid, iou, move_label_cropped, rigid_voxel_matrix
+
+HEART, AORTA, ESOPH = int(Organ.HEART), int(Organ.AORTA), int(Organ.ESOPHAGUS)
+SHAPE = (64, 64, 32)
+SPACING = (5.0, 5.0, 8.0)
+
+
+@pytest.fixture(scope="module")
+def thorax() -> tuple[np.ndarray, np.ndarray]:
+    return thorax_synth.synthetic_thorax(SHAPE, SPACING, seed=3)
+
+
+@pytest.fixture(autouse=True)
+def no_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("THORAXSEG_NO_PROGRESS", "1")
+
+
+def _move(labels: np.ndarray, organ: int, deg: float, shift_mm: tuple[float, float, float]) -> tuple[np.ndarray,
+                                                                                                     np.ndarray]:
+    m = rigid_voxel_matrix([0.0, 0.0, np.deg2rad(deg)], shift_mm, centroid(labels == organ), SPACING)
+    moved, _ = move_label_cropped(labels, organ, m)
+    return moved, m
+
+
+def _by_organ(rows: list[dict]) -> dict[str, dict]:
+    return {r["organ"]: r for r in rows}
+
+
+def test_doctests() -> None:
+    for module in (assess, run, synthetic):
+        assert doctest.testmod(module).failed == 0, module.__name__
+
+
+# ----------------------------------------------------------------------------- verdicts and gate
+
+
+def test_moved_heart_is_misplaced_and_fixed_to_the_exact_inverse(thorax) -> None:
+    ct, clean = thorax
+    moved, m = _move(clean, HEART, 25.0, (15.0, -10.0, 8.0))
+    rows, fixed = assess_case(moved, clean, SPACING, ct)
+    r = _by_organ(rows)
+    assert r["heart"]["verdict"] == "misplaced" and r["heart"]["fix_accepted"]
+    assert all(r[o]["verdict"] == "consistent" and not r[o]["fix_accepted"] for o in ("esophagus", "aorta"))
+    assert r["trachea"]["verdict"] == "absent"  # the synthetic thorax has no trachea
+    limit, _ = move_label_cropped(moved, HEART, np.linalg.inv(m), APPLY_MODE)
+    # The reference is the clean label itself, so the fit must reach the nearest-neighbour limit of
+    # the exact inverse up to the realign estimator's sub-voxel error (0.03 IoU, the issue's target).
+    assert iou(fixed == HEART, clean == HEART) >= iou(limit == HEART, clean == HEART) - 0.03
+    assert r["heart"]["fit_move_mm"] > Gate().min_move_mm
+    # other organs keep every voxel
+    for code in (ESOPH, AORTA):
+        assert np.array_equal(fixed == code, moved == code)
+
+
+def test_clean_labels_are_consistent_and_unchanged(thorax) -> None:
+    ct, clean = thorax
+    rows, fixed = assess_case(clean, clean, SPACING, ct)
+    assert {r["verdict"] for r in rows} == {"consistent", "absent"}
+    assert not any(r["fix_accepted"] for r in rows)
+    assert np.array_equal(fixed, clean)
+
+
+def test_missing_extra_swapped_and_disagreement(thorax) -> None:
+    ct, clean = thorax
+    no_aorta = np.where(clean == AORTA, 0, clean).astype(np.uint8)
+    assert _by_organ(assess_case(no_aorta, clean, SPACING, ct)[0])["aorta"]["verdict"] == "missing"
+    assert _by_organ(assess_case(clean, no_aorta, SPACING, ct)[0])["aorta"]["verdict"] == "extra"
+    swapped = clean.copy()
+    swapped[clean == HEART] = AORTA
+    swapped[clean == AORTA] = HEART
+    rows, fixed = assess_case(swapped, clean, SPACING, ct)
+    r = _by_organ(rows)
+    assert r["heart"]["verdict"] == r["aorta"]["verdict"] == "swapped"
+    assert np.array_equal(fixed, swapped)  # flagged, never fixed
+    # A heart label cut in half (caudal half only): no rigid move makes it agree with the reference.
+    half = clean.copy()
+    zc = round(float(centroid(clean == HEART)[2]))
+    half[:, :, zc:][half[:, :, zc:] == HEART] = 0
+    rows, fixed = assess_case(half, clean, SPACING, ct)
+    r = _by_organ(rows)["heart"]
+    assert r["verdict"] == "disagreement" and not r["fix_accepted"]
+    assert np.array_equal(fixed, half)
+
+
+def test_fix_that_would_put_the_label_on_air_is_rejected(thorax) -> None:
+    ct, clean = thorax
+    # The reference is wrong: its heart sits 40 mm to the side, partly on the lung. The correct
+    # label "agrees after a rigid fit", but the fit would raise its on-air fraction: rejected.
+    wrong_ref, _ = _move(clean, HEART, 0.0, (45.0, 0.0, 0.0))
+    rows, fixed = assess_case(clean, wrong_ref, SPACING, ct)
+    r = _by_organ(rows)["heart"]
+    assert r["verdict"] == "misplaced" and not r["fix_accepted"]
+    assert r["air_after"] > r["air_fraction"] + Gate().air_tolerance
+    assert "fix rejected" in r["note"]
+    assert np.array_equal(fixed, clean)
+
+
+def test_small_reference_speck_counts_as_absent(thorax) -> None:
+    ct, clean = thorax
+    ref = np.where(clean == AORTA, 0, clean).astype(np.uint8)
+    ref[5, 5, 5] = AORTA  # 0.2 mL < min_reference_ml
+    assert _by_organ(assess_case(clean, ref, SPACING, ct)[0])["aorta"]["verdict"] == "extra"
+
+
+# ----------------------------------------------------------------------------- dataset level
+
+
+def _dataset(root: Path, thorax, moves: dict[str, tuple[float, tuple[float, float, float]] | None]) -> tuple[
+        Path, Path, dict[str, np.ndarray]]:
+    """Cases with the heart moved as given; a reference folder holding the clean labels."""
+    ct, clean = thorax
+    ref_dir = root / "ref"
+    ref_dir.mkdir(parents=True)
+    matrices = {}
+    for pid, move in moves.items():
+        labels = clean
+        if move is not None:
+            labels, matrices[pid] = _move(clean, HEART, *move)
+        folder = thorax_synth.write_case(root / "data" / "train" / pid, ct, labels, SPACING)
+        from thoraxseg.data.volume import load_image, save_label
+
+        save_label(clean, load_image(folder / f"{pid}.nii.gz"), ref_dir / f"{pid}.nii.gz")
+    return root / "data", ref_dir, matrices
+
+
+def test_run_qa_writes_tables_and_a_corrected_copy(tmp_path: Path, thorax) -> None:
+    data, ref, _ = _dataset(tmp_path, thorax, {"Patient_01": (-20.0, (10.0, 10.0, 0.0)), "Patient_02": None})
+    result = run_qa(data, reference=ref, out=tmp_path / "qa", fix=tmp_path / "fixed")
+    assert result["summary"]["fixed_patients"] == ["Patient_01"]
+    assert result["summary"]["flagged_patients"] == ["Patient_01"]
+    lines = (tmp_path / "qa" / "qa.csv").read_text().splitlines()
+    assert lines[0].split(",") == list(CSV_COLUMNS)
+    assert len(lines) == 1 + 2 * 4  # two patients × four organs
+    saved = json.loads((tmp_path / "qa" / "qa.json").read_text())
+    assert saved["format"] == "thoraxseg-qa/1" and saved["fix"]["patients"] == ["Patient_01"]
+    assert (tmp_path / "qa" / "overlays" / "Patient_01_heart.png").stat().st_size > 1000
+    # images and the clean patient's label byte for byte; the fixed label: heart moved back, rest untouched
+    for rel in ("train/Patient_01/Patient_01.nii.gz", "train/Patient_02/Patient_02.nii.gz",
+                "train/Patient_02/GT.nii.gz"):
+        assert (tmp_path / "fixed" / rel).read_bytes() == (data / rel).read_bytes()
+    before = load_label(data / "train/Patient_01/GT.nii.gz").array
+    after = load_label(tmp_path / "fixed/train/Patient_01/GT.nii.gz").array
+    clean = thorax[1]
+    assert iou(after == HEART, clean == HEART) > iou(before == HEART, clean == HEART) + 0.3
+    for code in (ESOPH, AORTA):
+        assert np.array_equal(after == code, before == code)
+
+
+def test_fully_clean_dataset_changes_nothing(tmp_path: Path, thorax) -> None:
+    data, ref, _ = _dataset(tmp_path, thorax, {"Patient_01": None, "Patient_02": None})
+    result = run_qa(data, reference=ref, out=tmp_path / "qa", fix=tmp_path / "fixed")
+    assert result["summary"]["fixed_patients"] == [] and result["summary"]["flagged_patients"] == []
+    for f in sorted(data.rglob("*.nii.gz")):
+        assert (tmp_path / "fixed" / f.relative_to(data)).read_bytes() == f.read_bytes()
+
+
+def test_cv_folds_partition_the_patients() -> None:
+    ids = [f"Patient_{i:02d}" for i in range(1, 8)]
+    folds = cv_folds(ids, 3, seed=4)
+    assert sorted(p for f in folds for p in f) == ids
+    assert sorted(len(f) for f in folds) == [2, 2, 3]
+    assert cv_folds(ids, 3, seed=4) == folds
+
+
+def test_cross_validation_predicts_each_patient_with_the_run_that_did_not_see_it(tmp_path: Path, thorax) -> None:
+    data, _, _ = _dataset(tmp_path, thorax, {f"Patient_0{i}": None for i in range(1, 6)})
+    trained: dict[str, list[str]] = {}
+    predicted_by: dict[str, str] = {}
+
+    def fake_train(model, train_data, out, **kw):  # records which patients the fold run saw
+        out.mkdir(parents=True)
+        trained[str(out)] = sorted(p.name for p in (Path(train_data) / "train").iterdir())
+        return out
+
+    def fake_predict(run_dir, images, out, **kw):  # "predicts" the GT of the patients it is given
+        from thoraxseg.data.layout import discover_cases
+        from thoraxseg.data.volume import load_image, save_label
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        for c in discover_cases(images):
+            predicted_by[c.patient_id] = str(run_dir)
+            gt = load_label(data / "train" / c.patient_id / "GT.nii.gz")
+            save_label(gt.array, load_image(c.image_path), Path(out) / f"{c.patient_id}.nii.gz")
+
+    result = run_qa(data, cross_validate=2, out=tmp_path / "qa",
+                    cv_options={"train_fn": fake_train, "predict_fn": fake_predict})
+    folds = result["reference"]["folds"]
+    assert len(folds) == 2 and len(trained) == 2
+    assert sorted(predicted_by) == [f"Patient_0{i}" for i in range(1, 6)]
+    for pid, run_dir in predicted_by.items():
+        assert pid not in trained[run_dir]  # never predicted by a run that trained on it
+        assert len(trained[run_dir]) >= 2
+    assert result["summary"]["flagged_patients"] == []
+    # fold runs are kept in the QA folder; the temporary link folders are gone
+    assert sorted(p.name for p in (tmp_path / "qa" / "cv").iterdir()) == ["fold_1", "fold_2"]
+    assert [p.name for p in (tmp_path / "qa" / "cv" / "fold_1").iterdir()] == ["run"]
+    assert cross_validated_reference is run.cross_validated_reference
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _error(argv: list[str], capsys) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert len(err.splitlines()) == 1 and err.startswith("thoraxseg: error: "), err
+    return err
+
+
+def test_bad_input_one_line_nothing_written(tmp_path: Path, thorax, capsys) -> None:
+    data, ref, _ = _dataset(tmp_path, thorax, {"Patient_01": (20.0, (5.0, 0.0, 0.0)), "Patient_02": None})
+    out, fix = tmp_path / "qa", tmp_path / "fixed"
+    base = ["qa", "--data", str(data), "--out", str(out), "--fix", str(fix)]
+    assert "folder not found" in _error(["qa", "--data", str(tmp_path / "nope"), "--reference", str(ref),
+                                         "--out", str(out)], capsys)
+    assert "config.yaml missing" in _error([*base, "--run", str(tmp_path)], capsys)
+    assert "needs 2 to 2 folds" in _error([*base, "--cross-validate", "3"], capsys)
+    (ref / "Patient_02.nii.gz").rename(tmp_path / "Patient_02.nii.gz")
+    assert "no reference prediction Patient_02.nii.gz" in _error([*base, "--reference", str(ref)], capsys)
+    # a reference on another grid: found while processing; the QA folder and the copy must not appear
+    ct, clean = thorax
+    thorax_synth.write_case(tmp_path / "other", ct[:, :, :20], clean[:, :, :20], SPACING)
+    (tmp_path / "other" / "GT.nii.gz").rename(ref / "Patient_02.nii.gz")
+    assert "grid differs from the reference prediction" in _error([*base, "--reference", str(ref)], capsys)
+    assert "must be outside the dataset" in _error(["qa", "--data", str(data), "--reference", str(ref), "--out", str(data / "qa")],
+                              capsys)
+    assert not out.exists() and not fix.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Patient_02.nii.gz", "data", "other", "ref"]
+    out.mkdir()
+    assert "already exists" in _error([*base, "--reference", str(ref)], capsys)
+
+
+def test_cli_argument_errors(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["qa", "--data", str(tmp_path), "--cross-validate", "1"])
+    assert exc.value.code == 2 and "at least 2 folds" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["qa", "--data", str(tmp_path)])
+    assert exc.value.code == 2 and "one of the arguments" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- study report
+
+
+def test_report_shows_the_qa_section_with_overlays(tmp_path: Path, thorax) -> None:
+    from thoraxseg.report import build_report
+
+    data, ref, _ = _dataset(tmp_path, thorax, {"Patient_01": (-20.0, (10.0, 10.0, 0.0)), "Patient_02": None})
+    study = tmp_path / "study"
+    run_qa(data, reference=ref, out=study / "realign" / "qa")
+    html = build_report(study, tmp_path / "report.html").read_text(encoding="utf-8")
+    section = html.split('id="realign"', 1)[1].split("<section", 1)[0]
+    assert "Label QA (realign/qa/qa.csv)" in section
+    assert "misplaced → fixed" in section and "fixed (rigid fit accepted by the gate): Patient_01" in section
+    assert section.count("data:image/png;base64,") == 1  # the one misplaced organ's overlay
+
+
+def test_study_config_realign_qa(tmp_path: Path) -> None:
+    from thoraxseg.errors import ConfigError
+    from thoraxseg.study.config import StudyConfig
+
+    base = {"data": {"phantom": {"cases": 3}}, "arms": {"customnet": {}}}
+    cfg = StudyConfig.from_dict({**base, "realign": {"method": "qa", "qa_run": "runs/ref"}}, base_dir=tmp_path)
+    assert cfg.realign.qa_run == str((tmp_path / "runs" / "ref").resolve())  # relative to the config file
+    with pytest.raises(ConfigError, match=r"realign\.method qa needs realign\.qa_run"):
+        StudyConfig.from_dict({**base, "realign": {"method": "qa"}})
+    with pytest.raises(ConfigError, match=r"only used with realign\.method: qa"):
+        StudyConfig.from_dict({**base, "realign": {"method": "sweep", "qa_run": "x"}})
+    with pytest.raises(ConfigError, match="sweep, elastix or qa"):
+        StudyConfig.from_dict({**base, "realign": {"method": "icp"}})
+
+
+# ----------------------------------------------------------------------------- slow: a trained reference
+
+
+def _assert_fixed_within_limit(result: dict, data: Path, fix: Path, truth: dict, bound: float) -> int:
+    """Every moved organ is found and fixed within ``bound`` IoU of the exact inverse; returns how many."""
+    from thoraxseg.data.phantom import generate_case
+
+    n = 0
+    for t in truth["patients"]:
+        if t["organ"] is None:
+            continue
+        p = next(p for p in result["patients"] if p["patient"] == t["patient"])
+        assert p["fixed"] == [t["organ"]], (t["patient"], p["organs"])
+        code = int(Organ[t["organ"].upper()])
+        clean = generate_case(7, t["index"], "small").labels == code
+        fixed = load_label(fix / "train" / t["patient"] / "GT.nii.gz").array == code
+        assert iou(fixed, clean) >= t["limit_iou"] - bound, t["patient"]
+        n += 1
+    return n
+
+
+@pytest.mark.slow
+def test_qa_with_a_phantom_trained_run_finds_and_fixes_per_patient_moves(tmp_path: Path, phantom_2d_run) -> None:
+    # Patients 22-25 of seed 7: the shared run trained on 0-9 and never saw them. move_seed 3 moves
+    # organs of some of them (heart or aorta, each its own random move) and leaves the others clean.
+    truth = synthetic.misplaced_cohort(tmp_path / "data", range(22, 26), seed=7, move_seed=3, moved_fraction=0.5)
+    moved = [t for t in truth["patients"] if t["organ"]]
+    assert 1 <= len(moved) < len(truth["patients"])  # the cohort holds both kinds
+    result = run_qa(tmp_path / "data", run=phantom_2d_run, out=tmp_path / "qa", fix=tmp_path / "fixed")
+    # The fix lands where the reference (a 2D model, heart Dice ~0.9, aorta ~0.75) puts the organ, not on
+    # the exact inverse: benchmarks/qa.py measured IoU gaps to the nearest-neighbour limit of 0.04-0.28
+    # (20 patients; the fit of a clean heart onto this reference moves it 3-8 mm). 0.35 holds that
+    # measured worst case with margin; the moved labels start 0.37-0.88 IoU below the limit.
+    assert _assert_fixed_within_limit(result, tmp_path / "data", tmp_path / "fixed", truth, 0.35) == len(moved)
+    for t in truth["patients"]:
+        if t["organ"] is None:  # clean patients: no fix, byte-identical label in the copy
+            rel = Path("train") / t["patient"] / "GT.nii.gz"
+            assert (tmp_path / "fixed" / rel).read_bytes() == (tmp_path / "data" / rel).read_bytes()
+            p = next(p for p in result["patients"] if p["patient"] == t["patient"])
+            assert not p["fixed"] and not any(r["verdict"] == "misplaced" for r in p["organs"])
+    assert (tmp_path / "qa" / "reference" / "Patient_23.nii.gz").is_file()
+
+
+@pytest.mark.slow
+def test_qa_fixes_the_course_corruption_without_the_reference_pair(tmp_path: Path, phantom_2d_run) -> None:
+    from thoraxseg.data.phantom import corruption_matrix, generate_case
+    from thoraxseg.data.volume import save_label, save_volume
+
+    rows = []
+    for i in (26, 27):
+        case = generate_case(7, i, "small")
+        folder = tmp_path / "data" / "train" / case.patient_id
+        folder.mkdir(parents=True)
+        save_volume(case.image, folder / f"{case.patient_id}.nii.gz")
+        m = corruption_matrix(case.image.shape)
+        moved, _ = move_label_cropped(case.labels, HEART, m)
+        back, _ = move_label_cropped(moved, HEART, np.linalg.inv(m), APPLY_MODE)
+        save_label(moved, case.image, folder / "GT.nii.gz")
+        rows.append({"patient": case.patient_id, "index": i, "organ": "heart",
+                     "limit_iou": iou(back == HEART, case.labels == HEART)})
+    result = run_qa(tmp_path / "data", run=phantom_2d_run, out=tmp_path / "qa", fix=tmp_path / "fixed")
+    # benchmarks/qa.py measured IoU gaps of -0.001-0.12 to the nearest-neighbour limit on 20 course-corrupted
+    # hearts (reference-limited, see above); the moved hearts start ~0.9 IoU below the limit.
+    assert _assert_fixed_within_limit(result, tmp_path / "data", tmp_path / "fixed", {"patients": rows}, 0.15) == 2
+
+
+@pytest.mark.slow
+def test_study_with_realign_method_qa_fixes_before_the_split(tmp_path: Path, phantom_2d_run) -> None:
+    import yaml
+
+    from study_fixture import tiny_study_config
+
+    truth = synthetic.misplaced_cohort(tmp_path / "raw", range(22, 26), seed=7, move_seed=3, moved_fraction=0.5)
+    cfg = tiny_study_config({"root": str(tmp_path / "raw"), "test_cases": 99},
+                            realign={"enabled": "auto", "label": "heart", "method": "qa",
+                                     "qa_run": str(phantom_2d_run)})
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
+    # data.test_cases 99 > the dataset: the split stage refuses, which shows realign let the study go on
+    assert main(["study", "--config", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "study")]) == 1
+    marker = json.loads((tmp_path / "study" / ".stages" / "realign.json").read_text())
+    expected = sorted(t["patient"] for t in truth["patients"] if t["organ"])
+    assert marker["applied"] is True and sorted(marker["fixed"]) == expected
+    assert (tmp_path / "study" / "realign" / "qa" / "qa.csv").is_file()
+    assert (tmp_path / "study" / "data" / "fixed" / "train").is_dir()
