@@ -24,6 +24,14 @@ def organs_present(labels: np.ndarray) -> list[int]:
     return [lab for lab in sorted(ORGAN_EXPORT) if lab in present]
 
 
+def labels_on_series(labels: np.ndarray, series: DicomSeries) -> tuple[np.ndarray, list[int]]:
+    """``labels`` as uint8 checked against the series grid, and the organs present (ValueError on a mismatch)."""
+    arr = np.asarray(labels, dtype=np.uint8)
+    if arr.shape != series.volume.shape:
+        raise ValueError(f"labels {arr.shape} differ from the series grid {series.volume.shape}")
+    return arr, organs_present(arr)
+
+
 def write_dicom_seg(labels: np.ndarray, series: DicomSeries, path: str | Path, algorithm_name: str = "thoraxseg",
                     algorithm_version: str | None = None, series_number: int = 901) -> list[int]:
     """Write ``labels`` (uint8, ``(x, y, z)``, on the series' grid) as a DICOM SEG, atomically.
@@ -49,10 +57,7 @@ def write_dicom_seg(labels: np.ndarray, series: DicomSeries, path: str | Path, a
 
     from thoraxseg import __version__
 
-    arr = np.asarray(labels, dtype=np.uint8)
-    if arr.shape != series.volume.shape:
-        raise ValueError(f"labels {arr.shape} differ from the series grid {series.volume.shape}")
-    present = organs_present(arr)
+    arr, present = labels_on_series(labels, series)
     if not present:
         return []
     version = algorithm_version or __version__

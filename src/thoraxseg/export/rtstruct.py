@@ -20,7 +20,7 @@ import numpy as np
 
 from thoraxseg.data.dicom import LPS_TO_RAS, DicomSeries
 from thoraxseg.export.codes import ORGAN_EXPORT
-from thoraxseg.export.dicomseg import organs_present
+from thoraxseg.export.dicomseg import labels_on_series
 from thoraxseg.utils.atomic import atomic_path
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -93,10 +93,7 @@ def write_rtstruct(labels: np.ndarray, series: DicomSeries, path: str | Path, al
 
     from thoraxseg import __version__
 
-    arr = np.asarray(labels, dtype=np.uint8)
-    if arr.shape != series.volume.shape:
-        raise ValueError(f"labels {arr.shape} differ from the series grid {series.volume.shape}")
-    present = organs_present(arr)
+    arr, present = labels_on_series(labels, series)
     if not present:
         return []
     version = algorithm_version or __version__
