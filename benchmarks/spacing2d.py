@@ -87,7 +87,8 @@ def mean_dice(pred_dir: Path, gt_dir: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", type=Path, required=True, help="tree of the commit to compare with")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="tree of the commit to compare with (without: this tree alone, no ratios)")
     parser.add_argument("--work", type=Path, default=None, help="keep data and runs here (default: temporary)")
     parser.add_argument("--arms", nargs="+", default=["customnet", "enet"], choices=["enet", "customnet"])
     parser.add_argument("--test-cases", type=int, default=6)
@@ -106,8 +107,10 @@ def main() -> None:
     if not (work / "test").exists():
         make_test_grids(work, list(range(N_TRAIN, N_TRAIN + args.test_cases)), args.seed)
     demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())["arms"]
-    trees = {"baseline": args.baseline.resolve(), "new": ROOT}
+    trees = {"baseline": args.baseline.resolve(), "new": ROOT} if args.baseline else {"new": ROOT}
     if args.speed_epochs:
+        if args.baseline is None:
+            parser.error("--speed-epochs compares two trees: give --baseline")
         speed(args, work, demo, trees)
         return
     results: dict[str, dict] = {}
@@ -151,7 +154,7 @@ def main() -> None:
     print("\n| arm | train images/s baseline | new | ratio | predict s/volume (small grid, import included) "
           "baseline | new | ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for arm in args.arms:
+    for arm in (args.arms if args.baseline else []):
         b, n = results[f"{arm}_baseline"], results[f"{arm}_new"]
         tb, tn = b["train_images_per_s"], n["train_images_per_s"]
         pb, pn = b["predict_s_per_volume_small"], n["predict_s_per_volume_small"]
