@@ -99,6 +99,8 @@ def main() -> None:
                              "alternately (--speed-repeats times), and print the ratios")
     parser.add_argument("--speed-repeats", type=int, default=2)
     args = parser.parse_args()
+    if args.speed_epochs and args.baseline is None:
+        parser.error("--speed-epochs compares two trees: give --baseline")
     work = args.work or Path(tempfile.mkdtemp(prefix="spacing2d_"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"work folder {work}; {os.cpu_count()} CPUs; {_load()} at the start", flush=True)
@@ -109,8 +111,6 @@ def main() -> None:
     demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())["arms"]
     trees = {"baseline": args.baseline.resolve(), "new": ROOT} if args.baseline else {"new": ROOT}
     if args.speed_epochs:
-        if args.baseline is None:
-            parser.error("--speed-epochs compares two trees: give --baseline")
         speed(args, work, demo, trees)
         return
     results: dict[str, dict] = {}
