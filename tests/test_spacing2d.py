@@ -14,7 +14,7 @@ from test_training import assert_device_batches_match_the_dataloader
 from test_training_toydata import make_toy_cohort
 from thoraxseg.data.layout import labelled_cases
 from thoraxseg.data.phantom import VARIANTS, field_of_view_variants
-from thoraxseg.data.volume import Volume, load_label, save_volume
+from thoraxseg.data.volume import Volume, load_image, load_label, save_volume
 from thoraxseg.errors import ConfigError
 from thoraxseg.inference import predict
 from thoraxseg.inference.predict2d import predict_array
@@ -177,7 +177,8 @@ def _predict_dice(run: Path, image: Volume, labels: Volume, folder: Path) -> dic
     save_volume(image, folder / "in" / "Patient_01.nii.gz")
     written = predict(run, folder / "in", folder / "out")
     pred = load_label(written[0])
-    assert pred.shape == image.shape and np.array_equal(pred.affine, image.affine)  # the source geometry
+    source = load_image(folder / "in" / "Patient_01.nii.gz")  # the affine as stored (float32 in the header)
+    assert pred.shape == source.shape and np.array_equal(pred.affine, source.affine)  # the source geometry
     return dice_per_organ(pred.array, labels.array)
 
 
