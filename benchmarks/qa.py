@@ -35,14 +35,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from thoraxseg.data.phantom import corruption_matrix, generate_case
-from thoraxseg.data.volume import load_label, save_label, save_volume
+from thoraxseg.data.phantom import generate_case
+from thoraxseg.data.volume import load_label
 from thoraxseg.labels import Organ, label_name
+from thoraxseg.qa import synthetic
 from thoraxseg.qa.run import run_qa
 from thoraxseg.qa.synthetic import misplaced_cohort
-from thoraxseg.realign.estimate import APPLY_MODE
-from thoraxseg.realign.geometry import iou, move_label_cropped, relative_rotation_deg
-from thoraxseg.utils.atomic import atomic_dir, write_json_atomic
+from thoraxseg.realign.geometry import iou, relative_rotation_deg
 
 console = Console(width=160, highlight=False)
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,25 +62,10 @@ def reference_run(work: Path) -> Path:
 
 
 def course_cohort(out: Path, indices: list[int]) -> dict:
-    """The same patients with every heart moved by the course corruption (no reference pair)."""
+    """The same patients with every heart moved by the course corruption (no reference pair); cached."""
     if (out / "truth.json").is_file():
         return json.loads((out / "truth.json").read_text())
-    rows = []
-    with atomic_dir(out) as tmp:
-        for i in indices:
-            case = generate_case(SEED, i, "small")
-            folder = tmp / "train" / case.patient_id
-            folder.mkdir(parents=True)
-            save_volume(case.image, folder / f"{case.patient_id}.nii.gz")
-            m = corruption_matrix(case.image.shape)
-            moved, _ = move_label_cropped(case.labels, HEART, m)
-            back, _ = move_label_cropped(moved, HEART, np.linalg.inv(m), APPLY_MODE)
-            save_label(moved, case.image, folder / "GT.nii.gz")
-            rows.append({"patient": case.patient_id, "index": i, "organ": "heart", "matrix_voxel": m.tolist(),
-                         "limit_iou": iou(back == HEART, case.labels == HEART)})
-        truth = {"patients": rows}
-        write_json_atomic(tmp / "truth.json", truth)
-    return truth
+    return synthetic.course_cohort(out, indices, seed=SEED)
 
 
 def cached(path: Path, make) -> dict:

@@ -340,25 +340,13 @@ def test_qa_with_a_phantom_trained_run_finds_and_fixes_per_patient_moves(tmp_pat
 
 @pytest.mark.slow
 def test_qa_fixes_the_course_corruption_without_the_reference_pair(tmp_path: Path, phantom_2d_run) -> None:
-    from thoraxseg.data.phantom import corruption_matrix, generate_case
-    from thoraxseg.data.volume import save_label, save_volume
+    from thoraxseg.qa.synthetic import course_cohort
 
-    rows = []
-    for i in (26, 27):
-        case = generate_case(7, i, "small")
-        folder = tmp_path / "data" / "train" / case.patient_id
-        folder.mkdir(parents=True)
-        save_volume(case.image, folder / f"{case.patient_id}.nii.gz")
-        m = corruption_matrix(case.image.shape)
-        moved, _ = move_label_cropped(case.labels, HEART, m)
-        back, _ = move_label_cropped(moved, HEART, np.linalg.inv(m), APPLY_MODE)
-        save_label(moved, case.image, folder / "GT.nii.gz")
-        rows.append({"patient": case.patient_id, "index": i, "organ": "heart",
-                     "limit_iou": iou(back == HEART, case.labels == HEART)})
+    truth = course_cohort(tmp_path / "data", (26, 27), seed=7)
     result = run_qa(tmp_path / "data", run=phantom_2d_run, out=tmp_path / "qa", fix=tmp_path / "fixed")
     # benchmarks/qa.py measured IoU gaps of -0.001-0.12 to the nearest-neighbour limit on 20 course-corrupted
     # hearts (reference-limited, see above); the moved hearts start ~0.9 IoU below the limit.
-    assert _assert_fixed_within_limit(result, tmp_path / "data", tmp_path / "fixed", {"patients": rows}, 0.15) == 2
+    assert _assert_fixed_within_limit(result, tmp_path / "data", tmp_path / "fixed", truth, 0.15) == 2
 
 
 @pytest.mark.slow

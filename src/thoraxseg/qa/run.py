@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +37,7 @@ from thoraxseg.realign.dataset import check_destination, output_path, rewrite_da
 from thoraxseg.realign.estimate import APPLY_MODE
 from thoraxseg.realign.geometry import move_label_cropped
 from thoraxseg.utils.atomic import atomic_dir, write_json_atomic, write_text_atomic
+from thoraxseg.utils.files import link_or_copy
 from thoraxseg.utils.progress import track
 
 #: Version tag of ``qa.json``.
@@ -66,21 +66,13 @@ def cv_folds(patients: Sequence[str], k: int, seed: int = 0) -> list[list[str]]:
     return [[patients[i] for i in sorted(f)] for f in folds]
 
 
-def _link(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def _subset(cases: Sequence[Case], root: Path, with_labels: bool) -> Path:
     """A SegTHOR-layout folder of links to ``cases`` (images, and ``GT.nii.gz`` when ``with_labels``)."""
     for c in cases:
         folder = root / "train" / c.patient_id
-        _link(c.image_path, folder / c.image_path.name)
+        link_or_copy(c.image_path, folder / c.image_path.name)
         if with_labels and c.label_path is not None:
-            _link(c.label_path, folder / c.label_path.name)
+            link_or_copy(c.label_path, folder / c.label_path.name)
     return root
 
 
@@ -155,14 +147,8 @@ def _validate(data: Path, run: Path | None, reference: Path | None, cross_valida
     if cross_validate is not None and not 2 <= cross_validate <= len(cases):
         raise InputError(data, f"--cross-validate {cross_validate}: needs 2 to {len(cases)} folds "
                                f"({len(cases)} labelled patients)")
-    src = data.resolve()
+    check_destination(data, out, overwrite, what="QA folder", inside="the dataset")
     dst = out.resolve()
-    if dst == src or src in dst.parents or dst in src.parents:
-        raise InputError(out, f"QA folder must be outside the dataset {data} (and not contain it)")
-    if out.exists() and not overwrite:
-        raise InputError(out, "already exists (use --overwrite to replace it)")
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "exists and is not a folder")
     if fix is not None:
         check_destination(data, fix, overwrite)
         if fix.resolve() == dst or dst in fix.resolve().parents or fix.resolve() in dst.parents:

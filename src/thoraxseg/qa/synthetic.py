@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from thoraxseg.data.phantom import generate_case
+from thoraxseg.data.phantom import corruption_matrix, generate_case
 from thoraxseg.data.volume import save_label, save_volume
 from thoraxseg.labels import Organ, label_name
 from thoraxseg.realign.estimate import APPLY_MODE
@@ -99,5 +99,30 @@ def misplaced_cohort(out: str | Path, indices: Sequence[int], seed: int = 7, mov
             save_label(labels, case.image, folder / "GT.nii.gz")
             rows.append(row)
         truth = {"seed": int(seed), "move_seed": int(move_seed), "size": size, "patients": rows}
+        write_json_atomic(tmp / "truth.json", truth)
+    return truth
+
+
+def course_cohort(out: str | Path, indices: Sequence[int], seed: int = 7, size: str = "small") -> dict[str, Any]:
+    """Write phantoms ``indices`` of cohort ``seed`` with every heart moved by the course corruption.
+
+    No clean label is kept (no reference pair). ``out`` and the returned ``truth.json`` are as in
+    :func:`misplaced_cohort` (``organ`` is always ``heart``).
+    """
+    heart = int(Organ.HEART)
+    rows: list[dict[str, Any]] = []
+    with atomic_dir(Path(out)) as tmp:
+        for i in indices:
+            case = generate_case(seed, int(i), size)
+            folder = tmp / "train" / case.patient_id
+            folder.mkdir(parents=True)
+            save_volume(case.image, folder / f"{case.patient_id}.nii.gz")
+            m = corruption_matrix(case.image.shape)
+            moved, _ = move_label_cropped(case.labels, heart, m)
+            back, _ = move_label_cropped(moved, heart, np.linalg.inv(m), APPLY_MODE)
+            save_label(moved, case.image, folder / "GT.nii.gz")
+            rows.append({"patient": case.patient_id, "index": int(i), "organ": "heart", "matrix_voxel": m.tolist(),
+                         "limit_iou": iou(back == heart, case.labels == heart)})
+        truth = {"seed": int(seed), "size": size, "patients": rows}
         write_json_atomic(tmp / "truth.json", truth)
     return truth

@@ -19,12 +19,16 @@ from thoraxseg.utils.atomic import atomic_dir
 from thoraxseg.utils.progress import track
 
 
-def check_destination(data: Path, out: Path, overwrite: bool) -> None:
-    """Refuse an output folder that exists (without ``overwrite``) or that overlaps the input."""
+def check_destination(data: Path, out: Path, overwrite: bool, what: str = "output folder",
+                      inside: str = "the input folder") -> None:
+    """Refuse an output folder that exists (without ``overwrite``) or that overlaps the input.
+
+    ``what`` and ``inside`` name the two folders in the message.
+    """
     src = data.resolve()
     dst = out.resolve()
     if dst == src or src in dst.parents or dst in src.parents:
-        raise InputError(out, f"output folder must be outside the input folder {data} (and not contain it)")
+        raise InputError(out, f"{what} must be outside {inside} {data} (and not contain it)")
     if out.exists() and not overwrite:
         raise InputError(out, "already exists (use --overwrite to replace it)")
     if out.exists() and not out.is_dir():

@@ -12,7 +12,6 @@ stages resume from their own checkpoints. The folder layout is documented in
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from thoraxseg.errors import ConfigError, InputError, ThoraxsegError
 from thoraxseg.labels import organ_from_name
 from thoraxseg.study.config import StudyConfig
 from thoraxseg.utils.atomic import atomic_dir, write_json_atomic, write_text_atomic
+from thoraxseg.utils.files import link_or_copy
 from thoraxseg.utils.progress import console
 
 STAGES: tuple[str, ...] = ("data", "check", "realign", "split", "train", "predict", "evaluate", "compare", "report")
@@ -79,14 +79,6 @@ class Study:
             d = json.loads(p.read_text())
             out[d["stage"]] = d["seconds"]
         return out
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def _stage_data(study: Study) -> dict[str, Any]:
@@ -269,13 +261,13 @@ def _stage_split(study: Study) -> dict[str, Any]:
     with atomic_dir(study.trainset, overwrite=True) as tmp:
         for pid in train_ids:
             c = by_id[pid]
-            _link_or_copy(c.image_path, tmp / "train" / pid / f"{pid}.nii.gz")
-            _link_or_copy(c.label_path, tmp / "train" / pid / "GT.nii.gz")
+            link_or_copy(c.image_path, tmp / "train" / pid / f"{pid}.nii.gz")
+            link_or_copy(c.label_path, tmp / "train" / pid / "GT.nii.gz")
     with atomic_dir(study.testset, overwrite=True) as tmp:
         for pid in test_ids:
             c = by_id[pid]
-            _link_or_copy(c.image_path, tmp / pid / f"{pid}.nii.gz")
-            _link_or_copy(c.label_path, tmp / pid / "GT.nii.gz")
+            link_or_copy(c.image_path, tmp / pid / f"{pid}.nii.gz")
+            link_or_copy(c.label_path, tmp / pid / "GT.nii.gz")
     split = {"seed": study.config.data.split_seed, "train": train_ids, "test": test_ids}
     write_json_atomic(study.root / "data" / "split.json", split)
     return {"train": len(train_ids), "test": len(test_ids)}
