@@ -35,7 +35,7 @@ from thoraxseg.training.data2d import (
     to_network_grid,
     window_ct,
 )
-from thoraxseg.training.trainer import LOG_COLUMNS, dice_per_organ, fov_fraction, make_loader
+from thoraxseg.training.trainer import LOG_COLUMNS, dice_per_organ, make_collate, make_loader
 
 TINY = {"image_size": 32, "width": 4, "batch_size": 4, "val_batch_size": 8}
 
@@ -336,8 +336,7 @@ def assert_device_batches_match_the_dataloader(ds: SliceDataset, cfg, epoch: int
     via_loader = list(make_loader(ds, EpochSampler(ds, cfg.seed), cfg, epoch=epoch))
     sampler = EpochSampler(ds, cfg.seed)
     sampler.set_epoch(epoch)
-    direct = list(DeviceBatches(ds, sampler, cfg.batch_size,
-                                AugmentCollate(cfg.augment, cfg.seed, fov_min=fov_fraction(cfg))))
+    direct = list(DeviceBatches(ds, sampler, cfg.batch_size, make_collate(cfg)))
     assert len(direct) == len(via_loader) == batches
     for (x0, y0, p0), (x1, y1, p1) in zip(via_loader, direct, strict=True):
         assert torch.equal(x0, x1) and torch.equal(y0, y1) and torch.equal(p0, p1)

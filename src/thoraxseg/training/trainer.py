@@ -204,15 +204,18 @@ def make_batches(dataset: SliceDataset, sampler: EpochSampler, cfg: TrainConfig,
     """The batches of one epoch: gathered on the GPU when the slices are cached there, else a DataLoader."""
     if dataset.images.device.type == "cuda":
         sampler.set_epoch(epoch)
-        return DeviceBatches(dataset, sampler, cfg.batch_size, AugmentCollate(cfg.augment, cfg.seed, fov_min=fov_fraction(cfg)))
+        return DeviceBatches(dataset, sampler, cfg.batch_size, make_collate(cfg))
     return make_loader(dataset, sampler, cfg, epoch, pin_memory=device.type == "cuda")
 
 
-def fov_fraction(cfg: TrainConfig) -> float | None:
-    """The smallest simulated field of view as a fraction of the crop (None: no field-of-view augmentation)."""
-    if cfg.spacing_mm is None:
-        return None
-    return cfg.augment.fov_min_mm / (cfg.image_size * cfg.spacing_mm)
+def make_collate(cfg: TrainConfig) -> AugmentCollate:
+    """The batch collation (augmentation parameters) of a run, the same on the DataLoader and GPU-cache paths.
+
+    The smallest simulated field of view is ``fov_min_mm`` as a fraction of the crop; square-resized
+    runs (no ``spacing_mm``) get no field-of-view augmentation.
+    """
+    fov_min = None if cfg.spacing_mm is None else cfg.augment.fov_min_mm / (cfg.image_size * cfg.spacing_mm)
+    return AugmentCollate(cfg.augment, cfg.seed, fov_min=fov_min)
 
 
 def make_loader(dataset: SliceDataset, sampler: EpochSampler, cfg: TrainConfig, epoch: int,
@@ -221,7 +224,7 @@ def make_loader(dataset: SliceDataset, sampler: EpochSampler, cfg: TrainConfig, 
     sampler.set_epoch(epoch)
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence((cfg.seed, epoch)).generate_state(1)[0]))
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                      collate_fn=AugmentCollate(cfg.augment, cfg.seed, fov_min=fov_fraction(cfg)), generator=gen,
+                      collate_fn=make_collate(cfg), generator=gen,
                       worker_init_fn=_seed_worker, pin_memory=pin_memory, drop_last=False)
 
 
