@@ -249,29 +249,75 @@ def _default_plans(spacing=(2.5, 0.8, 0.8), patch=(80, 192, 160)) -> dict:
     }
 
 
-def test_make_cpu_plans_reduces_network_and_keeps_data_settings() -> None:
+@pytest.mark.parametrize("cpu", [plans.CPU_PLAN, plans.LEGACY_CPU_PLAN,
+                                 plans.CpuPlan(max_patch=(24, 96, 96), base_features=4, max_features=32, batch_size=1)])
+def test_make_cpu_plans_reduces_network_and_keeps_data_settings(cpu: plans.CpuPlan) -> None:
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     default = _default_plans()
-    cpu = plans.make_cpu_plans(default)
+    out = plans.make_cpu_plans(default, cpu)
     assert default["configurations"]["3d_fullres"]["batch_size"] == 2 and "2d" in default["configurations"]
-    assert cpu["plans_name"] == "nnUNetPlans_cpu" and list(cpu["configurations"]) == ["3d_fullres"]
-    cfg = cpu["configurations"]["3d_fullres"]
+    assert out["plans_name"] == "nnUNetPlans_cpu" and list(out["configurations"]) == ["3d_fullres"]
+    cfg = out["configurations"]["3d_fullres"]
     arch = cfg["architecture"]["arch_kwargs"]
     assert cfg["data_identifier"] == "nnUNetPlans_cpu_3d_fullres"
-    assert cfg["spacing"] == [2.5, 0.8, 0.8] and cfg["batch_size"] == 2
-    assert all(p <= 32 for p in cfg["patch_size"])
-    assert arch["features_per_stage"][0] == 16 and max(arch["features_per_stage"]) <= 128
+    assert cfg["spacing"] == [2.5, 0.8, 0.8] and cfg["batch_size"] == cpu.batch_size
+    # capped per axis, and never larger than nnU-Net's own patch (80, 192, 160)
+    assert all(p <= min(m, d) for p, m, d in zip(cfg["patch_size"], cpu.max_patch, (80, 192, 160), strict=True))
+    assert arch["features_per_stage"][0] == cpu.base_features
+    assert max(arch["features_per_stage"]) <= cpu.max_features
     assert len(arch["strides"]) == len(arch["kernel_sizes"]) == arch["n_stages"] == len(arch["n_conv_per_stage"])
-    assert cpu["thoraxseg_cpu_plan"]["nnunet_default"]["patch_size"] == [80, 192, 160]
+    assert out["thoraxseg_cpu_plan"]["nnunet_default"]["patch_size"] == [80, 192, 160]
+    assert out["thoraxseg_cpu_plan"]["cpu_plan"] == cpu.as_dict()
     net = get_network_from_plans(cfg["architecture"]["network_class_name"], arch,
                                  cfg["architecture"]["_kw_requires_import"], 1, 5, allow_init=True,
                                  deep_supervision=False)
     with torch.no_grad():
-        out = net(torch.zeros(1, 1, *cfg["patch_size"]))
-    assert tuple(out.shape) == (1, 5, *cfg["patch_size"])
+        o = net(torch.zeros(1, 1, *cfg["patch_size"]))
+    assert tuple(o.shape) == (1, 5, *cfg["patch_size"])
     with pytest.raises(ConfigError, match="3d_fullres"):
         plans.make_cpu_plans({"configurations": {"2d": {}}})
+
+
+@pytest.mark.parametrize(("value", "match"), [
+    ([16, 128, 128], "must be a mapping"),
+    ({"max_patch": [16, 128]}, "max_patch must be three integers"),
+    ({"max_patch": [4, 128, 128]}, "max_patch must be three integers"),
+    ({"max_patch": "16,128,128"}, "max_patch must be three integers"),
+    ({"base_features": 0}, "base_features must be an integer >= 1"),
+    ({"batch_size": True}, "batch_size must be an integer >= 1"),
+    ({"base_features": 32, "max_features": 16}, "max_features .16. must be >= base_features .32."),
+    ({"patch": [16, 128, 128]}, "unknown cpu_plan setting.*patch.*known: max_patch"),
+])
+def test_cpu_plan_settings_are_checked(value: object, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        plans.CpuPlan.from_settings(value)  # type: ignore[arg-type]
+
+
+def test_cpu_plan_setting_is_resolved_and_refused_for_the_default_plan() -> None:
+    s = api.resolve_settings(None, plans="cpu", cpu_plan={"base_features": 4, "max_features": 32})
+    assert s["cpu_plan"] == {**plans.CPU_PLAN.as_dict(), "base_features": 4, "max_features": 32}
+    assert api.resolve_settings(None, plans="cpu")["cpu_plan"] is None  # filled in per run (new or continued)
+    with pytest.raises(ConfigError, match="cpu_plan is a setting of --plans cpu"):
+        api.resolve_settings(None, plans="default", cpu_plan={"base_features": 4})
+
+
+def test_a_run_continues_with_the_cpu_plan_it_was_made_with(cohort: Path, tmp_path: Path) -> None:
+    import yaml
+
+    new = api._start(cohort, tmp_path / "new", None, {"plans": "cpu"})[2]
+    assert new["cpu_plan"] == plans.CPU_PLAN.as_dict()
+    run = tmp_path / "old"
+    run.mkdir()
+    old_cfg = {"model": "nnunet3d", "data": str(cohort.resolve()), "plans": "cpu", "dataset_id": 55,
+               "dataset_name": "SegTHOR"}  # written before cpu_plan was recorded
+    (run / "config.yaml").write_text(yaml.safe_dump(old_cfg))
+    assert api._start(cohort, run, None, {"plans": "cpu"})[2]["cpu_plan"] == plans.LEGACY_CPU_PLAN.as_dict()
+    with pytest.raises(ConfigError, match="other cpu_plan"):
+        api._start(cohort, run, None, {"plans": "cpu", "cpu_plan": plans.CPU_PLAN.as_dict()})
+    (run / "config.yaml").write_text(yaml.safe_dump({**old_cfg, "cpu_plan": {**plans.CPU_PLAN.as_dict(),
+                                                                             "base_features": 4}}))
+    assert api._start(cohort, run, None, {"plans": "cpu"})[2]["cpu_plan"]["base_features"] == 4
 
 
 @settings(max_examples=40, deadline=None)

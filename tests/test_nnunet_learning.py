@@ -1,10 +1,12 @@
-"""The nnU-Net arm learns on realistic data and predicts where the organs are (slow, a few CPU minutes).
+"""The nnU-Net arm learns all four organs on realistic data and predicts where they are (slow, ~10 CPU minutes).
 
 The other nnU-Net tests train a handful of steps and check plumbing; this one would have caught the
 demo's first nnU-Net run, whose validation pseudo Dice was 0.93 for the heart while its whole-volume
 predictions on new patients lay in the air outside the body (every training patch had been centred on
-an organ, so the network never saw the rest of the thorax). It trains the ``--plans cpu`` network on
-small phantoms, predicts held-out phantoms through the public path and checks accuracy and location.
+an organ, so the network never saw the rest of the thorax), and the 0.2 demo's, which found no esophagus
+and no trachea (per-patch Dice on 32³ patches). It trains the default ``--plans cpu`` run (the demo's
+2400 steps) on the demo's number of small phantoms, predicts held-out phantoms through the public path
+and checks accuracy and location.
 """
 
 from __future__ import annotations
@@ -27,25 +29,29 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.DataFrame]:
     base = tmp_path_factory.mktemp("nnunet_learning")
-    train = generate_cohort(base / "train", 8, size="small", seed=0, progress=False)
-    test = generate_cohort(base / "test", 2, size="small", seed=1000, progress=False)
+    train = generate_cohort(base / "train", 12, size="small", seed=0, progress=False)
+    test = generate_cohort(base / "test", 3, size="small", seed=1000, progress=False)
     run = base / "run"
-    # 800 steps of the CPU plan (~4 min on 2 cores): enough for the heart, the largest organ
-    api.train_nnunet(train, run, plans="cpu", folds="0", epochs=20, iterations_per_epoch=40,
-                     val_iterations_per_epoch=2, final_validation=False, seed=0)
+    # the default CPU run, 60 x 40 steps (~9 min on 2 cores): benchmarks/nnunet_cpu_plan.py measured the
+    # esophagus and trachea appearing after ~1700 steps (batch Dice) and never within 2000 steps of the
+    # per-patch Dice
+    api.train_nnunet(train, run, plans="cpu", folds="0", val_iterations_per_epoch=2, final_validation=False, seed=0)
     pred = base / "pred"
     api.predict_nnunet(run, test, pred, tta=False)
     return test, pred, evaluate_folders(test, pred)
 
 
-def test_heart_is_segmented_on_new_patients(learned: tuple[Path, Path, pd.DataFrame]) -> None:
+def test_all_four_organs_are_segmented_on_new_patients(learned: tuple[Path, Path, pd.DataFrame]) -> None:
     _, _, df = learned
+    assert len(df) == 3 * 4
+    # bound: every organ > 0.5 on every held-out patient; the benchmark's 8 held-out phantoms gave
+    # per-organ means of 0.6-0.9 (the thin esophagus lowest), so 0.5 leaves room for patient variation
+    # and another CPU's training trajectory without accepting a missed organ (Dice 0)
+    table = df[["patient", "organ", "dice", "hd95"]].to_string()
+    assert (df["dice"] > 0.5).all(), table
+    # the failure this guards against put the heart 300-400 mm away; a learned heart is within ~20 mm
     heart = df[df["organ"] == "heart"]
-    assert len(heart) == 2
-    assert (heart["dice"] > 0.6).all(), heart[["patient", "dice", "hd95"]].to_string()
-    # after 800 steps the heart still leaks into the adjacent liver in places (HD95 ~55-75 mm; the demo's
-    # 1440 steps reach 8 mm); the failure this guards against put the heart 300-400 mm away
-    assert (heart["hd95"] < 100).all(), heart[["patient", "dice", "hd95"]].to_string()
+    assert (heart["hd95"] < 50).all(), table
 
 
 def test_predicted_soft_tissue_organs_lie_inside_the_body(learned: tuple[Path, Path, pd.DataFrame]) -> None:

@@ -23,7 +23,7 @@ from thoraxseg.report.render3d import organ_mesh
 from thoraxseg.report.study import to_canonical
 
 SECTION_IDS = ("overview", "data", "realign", "metrics", "distributions", "statistics", "training", "cases",
-               "surfaces", "config")
+               "surfaces", "timings", "config")
 
 # Skips only outside CI: under CI (`.ci/run`, CI=true) `make test` installs Chromium and a missing one fails.
 needs_chromium = pytest.mark.skipif(find_chromium() is None and not os.environ.get("CI"),
@@ -84,7 +84,27 @@ def test_partial_study_marks_missing_stages_not_run(tmp_path: Path) -> None:
     stats = _section(html, "statistics")
     assert "computed for this report" in stats and "customnet − enet" in stats
     assert len(_images(html)) == 6  # one distribution plot per compared metric
+    assert "No stage timings" in _section(html, "timings")
     assert not list(study.glob(".report.html*"))
+
+
+def test_stage_timings_are_shown_with_their_share(tmp_path: Path) -> None:
+    import json
+    import os
+
+    study = _metrics_only_study(tmp_path / "study")
+    markers = study / ".stages"
+    markers.mkdir()
+    for k, (stage, secs) in enumerate([("data", 30.0), ("train:enet", 150.0), ("compare", 20.0)]):
+        path = markers / f"{stage.replace(':', '__')}.json"
+        path.write_text(json.dumps({"stage": stage, "seconds": secs}))
+        os.utime(path, ns=(10**18 + k, 10**18 + k))  # finishing order
+    (markers / "bad.json").write_text(json.dumps({"stage": "x"}))
+    html = build_report(study).read_text(encoding="utf-8")
+    sec = _section(html, "timings")
+    assert sec.index("data") < sec.index("train:enet") < sec.index("compare")
+    assert "75.0 %" in sec and "15.0 %" in sec and "10.0 %" in sec and "3.3 min" in sec
+    assert "bad.json: no stage name or seconds" in _section(html, "overview")
 
 
 def test_report_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -47,7 +47,10 @@ from thoraxseg.nnunet.env import NnunetPaths, default_processes, nnunet_environm
 from thoraxseg.nnunet.export import dataset_folder_name, export_dataset
 from thoraxseg.nnunet.plans import (
     CONFIGURATION,
+    CPU_PLAN,
+    LEGACY_CPU_PLAN,
     PLAN_CHOICES,
+    CpuPlan,
     plan_and_preprocess,
     plans_identifier,
     write_splits,
@@ -67,7 +70,8 @@ CURVES_EVERY_S = 30.0
 #: (epochs, iterations per epoch, validation iterations per epoch) when not given.
 RUN_LENGTH: dict[str, tuple[int, int, int]] = {
     "default": (1000, 250, 50),  # nnU-Net's own
-    "cpu": (50, 40, 4),  # 2000 steps of the 32³ CPU plan, ~10 min on 2 cores: heart and aorta on the phantom
+    # 2400 steps of CPU_PLAN, ~9 min on 2 cores: all four organs on the small phantom (README, CPU plans)
+    "cpu": (60, 40, 4),
 }
 
 #: Settings a config file/dict may hold (``model`` and the derived ``resolved``/``versions`` are also accepted).
@@ -88,6 +92,7 @@ DEFAULTS: dict[str, Any] = {
     "save_every": 1,
     "initial_lr": None,
     "batch_size": None,
+    "cpu_plan": None,
     "oversample_foreground": None,
     "final_validation": None,
     "check_integrity": True,
@@ -95,7 +100,7 @@ DEFAULTS: dict[str, Any] = {
 }
 _IGNORED_KEYS = {"model", "data", "out", "resolved", "versions", "created"}
 #: Settings that define a run; a rerun into the same RUN must not change them.
-_IDENTITY_KEYS = ("plans", "dataset_id", "dataset_name")
+_IDENTITY_KEYS = ("plans", "dataset_id", "dataset_name", "cpu_plan")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -152,7 +157,7 @@ def resolve_settings(config: Mapping[str, Any] | str | Path | None = None, **exp
 
     >>> s = resolve_settings(None, plans="cpu", folds="all")
     >>> s["folds"], s["epochs"], s["iterations_per_epoch"], s["num_workers"], s["pools"], s["final_validation"]
-    (['all'], 50, 40, 0, 'thread', False)
+    (['all'], 60, 40, 0, 'thread', False)
     """
     s = dict(DEFAULTS)
     s.update(_load_config(config))
@@ -190,6 +195,10 @@ def resolve_settings(config: Mapping[str, Any] | str | Path | None = None, **exp
     if not 0 <= float(s["oversample_foreground"]) <= 1:
         raise ConfigError(f"oversample_foreground must be in [0, 1], got {s['oversample_foreground']}")
     s["oversample_foreground"] = float(s["oversample_foreground"])
+    # None: the run's own plan when continuing one (see _start), else CPU_PLAN
+    s["cpu_plan"] = None if s["cpu_plan"] is None else CpuPlan.from_settings(s["cpu_plan"]).as_dict()
+    if s["plans"] != "cpu" and s["cpu_plan"] is not None:
+        raise ConfigError(f"cpu_plan is a setting of --plans cpu; it does nothing with plans {s['plans']!r}")
     s["seed"] = int(s["seed"])
     s["dataset_id"] = int(s["dataset_id"])
     s["dataset_name"] = str(s["dataset_name"])
@@ -263,9 +272,11 @@ def _prepare(data: Path, paths: NnunetPaths, s: dict[str, Any], marker: Path) ->
     ident = plans_identifier(s["plans"])
     cases = labelled_cases(data)
     want = {"data": str(data), "dataset": dataset, "plans_identifier": ident, "export_mode": s["export_mode"],
-            "nnunetv2": _nnunet_version(), "inputs": _input_fingerprint(cases)}
+            "nnunetv2": _nnunet_version(), "inputs": _input_fingerprint(cases), "cpu_plan": s["cpu_plan"]}
     if marker.is_file():
         have = json.loads(marker.read_text(encoding="utf-8"))
+        if ident == plans_identifier("cpu"):  # prepared before cpu_plan was recorded: the 32³ plan
+            have.setdefault("cpu_plan", LEGACY_CPU_PLAN.as_dict())
         if all(have.get(k) == v for k, v in want.items()):
             return have
         marker.unlink()
@@ -276,7 +287,8 @@ def _prepare(data: Path, paths: NnunetPaths, s: dict[str, Any], marker: Path) ->
             scoped_env(nnUNet_n_proc_DA=str(s["num_processes"])):
         task = progress.add_task(f"nnU-Net: fingerprint, plan, preprocess {len(cases)} cases", total=None)
         plan_and_preprocess(s["dataset_id"], pre, s["plans"], num_processes=s["num_processes"],
-                            check_integrity=s["check_integrity"], verbose=s["verbose"])
+                            check_integrity=s["check_integrity"], verbose=s["verbose"],
+                            cpu=CpuPlan.from_settings(s["cpu_plan"]))
         progress.update(task, total=1, completed=1)
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
@@ -383,9 +395,11 @@ def _run_trainer(fold: int | str, s: dict[str, Any], plans: dict[str, Any], data
         if plot:
             last_plot[0] = time.monotonic()
         if t.progress is not None:
-            dice = t.logged()["mean_fg_dice"][-1]
+            logged = t.logged()
+            per_organ = " ".join(f"{name[:4]} {float(d):.2f}" for name, d in
+                                 zip(ORGAN_NAMES, logged["dice_per_class_or_region"][-1], strict=False))
             t.progress.update(t.progress_task, description=f"nnU-Net fold {fold}: epoch {t.current_epoch}/"
-                              f"{t.num_epochs}, pseudo Dice {dice:.3f}")
+                              f"{t.num_epochs}, pseudo Dice {logged['mean_fg_dice'][-1]:.3f} ({per_organ})")
 
     trainer.configure(num_epochs=s["epochs"], iterations_per_epoch=s["iterations_per_epoch"],
                       val_iterations_per_epoch=s["val_iterations_per_epoch"], save_every=s["save_every"],
@@ -443,8 +457,12 @@ def _start(data: str | Path, out: str | Path, config: Mapping[str, Any] | str | 
     s = resolve_settings(config, **explicit)
     _torch_device(s["device"])
     labelled_cases(data_path)  # fail early, naming the folder, when there is nothing to train on
-    if (run / "config.yaml").is_file():
-        old = read_run_config(run)
+    old = read_run_config(run) if (run / "config.yaml").is_file() else None
+    if old is not None and old.get("plans") == "cpu" and not old.get("cpu_plan"):
+        old = {**old, "cpu_plan": LEGACY_CPU_PLAN.as_dict()}  # made before cpu_plan was recorded
+    if s["plans"] == "cpu" and s["cpu_plan"] is None:  # a run continues with the plan it was made with
+        s["cpu_plan"] = CPU_PLAN.as_dict() if old is None else old.get("cpu_plan") or CPU_PLAN.as_dict()
+    if old is not None:
         diff = [k for k in _IDENTITY_KEYS if old.get(k) != s[k]]
         if old.get("data") != str(data_path):
             diff.append("data")

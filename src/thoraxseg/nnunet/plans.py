@@ -11,17 +11,23 @@ trainer variant and fails where torchvision does not import).
 The ``cpu`` plan (``nnUNetPlans_cpu``) is derived from nnU-Net's default plan
 by :func:`make_cpu_plans`. It keeps everything that defines the data (target
 spacing, axis transpose, CT normalisation, resampling, hence the same
-preprocessed arrays) and changes only the network and batch:
+preprocessed arrays) and changes only the network and batch (:class:`CpuPlan`,
+settable per run as ``cpu_plan``; defaults :data:`CPU_PLAN`):
 
 * feature maps: 16 in the first stage (nnU-Net: 32), doubling per stage, at
   most 128 (nnU-Net: 320) — about 1/4 of the channels and ~1/16 of the FLOPs;
-* patch: each axis capped at 32 voxels (``CPU_MAX_PATCH``, axes in nnU-Net's
+* patch: each axis capped at 32 voxels (``max_patch``, axes in nnU-Net's
   transposed order), then the U-Net topology (number of stages, pooling and
   kernel sizes) recomputed for that patch with nnU-Net's own
   ``get_pool_and_conv_props``. On the small phantom (~4.5 mm in-plane, ~10 mm
   slices) that is 144 × 144 × 300 mm, enough for the mediastinum, and one
   training step costs ~1/6 of a 48 × 64 × 64 patch's;
 * batch size 2 (nnU-Net's minimum);
+* Dice pooled over the batch (``batch_dice``) by nnU-Net's own rule for
+  ``3d_fullres``, applied to the reduced patch: a patch under 25 % of the median
+  image (the 32³ patch is 4.5 % of the small phantom) pools it, as nnU-Net does
+  when its patch is a small crop; the per-patch Dice of a 32³ patch that misses
+  an organ punishes predicting it at all;
 * only the ``3d_fullres`` configuration is kept.
 
 The changes are also written into the plans JSON under ``"thoraxseg_cpu_plan"``.
@@ -34,9 +40,13 @@ predicts large false organs on whole volumes.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from copy import deepcopy
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from thoraxseg.errors import ConfigError
 from thoraxseg.utils.atomic import write_json_atomic
@@ -46,11 +56,86 @@ DEFAULT_PLANS = "nnUNetPlans"
 CPU_PLANS = "nnUNetPlans_cpu"
 PLAN_CHOICES = ("default", "cpu")
 
-#: ``--plans cpu`` network settings.
-CPU_BASE_FEATURES = 16
-CPU_MAX_FEATURES = 128
-CPU_MAX_PATCH = (32, 32, 32)
-CPU_BATCH_SIZE = 2
+@dataclass(frozen=True)
+class CpuPlan:
+    """The numbers of the ``--plans cpu`` network (settable as ``cpu_plan`` in a run config).
+
+    Attributes
+    ----------
+    max_patch
+        Largest patch per axis, voxels, in nnU-Net's transposed (z, y, x) order; each axis of
+        nnU-Net's default patch is capped at this, then fitted to the pooling.
+    base_features, max_features
+        Feature maps of the first stage, doubling per stage up to ``max_features``.
+    batch_size
+        Patches per training step.
+    batch_dice
+        Dice pooled over the batch (True) or per patch (False); ``None``: nnU-Net's own rule for
+        ``3d_fullres`` applied to the reduced patch (pooled when the patch holds less than
+        ``lowres_creation_threshold``, 25 %, of the median image's voxels — then most patches miss
+        some organ, and a per-patch Dice punishes predicting it at all).
+    """
+
+    max_patch: tuple[int, int, int] = (32, 32, 32)
+    base_features: int = 16
+    max_features: int = 128
+    batch_size: int = 2
+    batch_dice: bool | None = None
+
+    @classmethod
+    def from_settings(cls, value: Mapping[str, Any] | None) -> CpuPlan:
+        """Parse a ``cpu_plan`` setting (missing keys take the defaults), checking every value.
+
+        >>> CpuPlan.from_settings({"max_patch": [32, 32, 32], "base_features": 16})
+        CpuPlan(max_patch=(32, 32, 32), base_features=16, max_features=64, batch_size=2)
+        """
+        if value is None:
+            return cls()
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"cpu_plan must be a mapping (max_patch, base_features, max_features, batch_size), "
+                              f"got {value!r}")
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown cpu_plan setting(s): {', '.join(unknown)}; known: {', '.join(names)}")
+        kw: dict[str, Any] = {}
+        if "max_patch" in value:
+            patch = value["max_patch"]
+            if (not isinstance(patch, Sequence) or isinstance(patch, str) or len(patch) != 3
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in patch)):
+                raise ConfigError(f"cpu_plan.max_patch must be three integers >= 8 (z, y, x voxels), got {patch!r}")
+            kw["max_patch"] = tuple(int(v) for v in patch)
+        for key in ("base_features", "max_features", "batch_size"):
+            if key in value:
+                v = value[key]
+                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                    raise ConfigError(f"cpu_plan.{key} must be an integer >= 1, got {v!r}")
+                kw[key] = int(v)
+        if "batch_dice" in value:
+            if value["batch_dice"] is not None and not isinstance(value["batch_dice"], bool):
+                raise ConfigError(f"cpu_plan.batch_dice must be true, false or null (nnU-Net's rule), "
+                                  f"got {value['batch_dice']!r}")
+            kw["batch_dice"] = value["batch_dice"]
+        plan = cls(**kw)
+        if plan.max_features < plan.base_features:
+            raise ConfigError(f"cpu_plan.max_features ({plan.max_features}) must be >= base_features "
+                              f"({plan.base_features})")
+        return plan
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values (for YAML and JSON)."""
+        return {"max_patch": list(self.max_patch), "base_features": self.base_features,
+                "max_features": self.max_features, "batch_size": self.batch_size, "batch_dice": self.batch_dice}
+
+
+#: The ``--plans cpu`` network (README, "``--plans cpu``: what it changes", with the variants measured).
+CPU_PLAN = CpuPlan()
+#: The ``cpu`` plan of runs made before ``cpu_plan`` was recorded in ``config.yaml``: they continue with it
+#: (a new default never changes an old run).
+LEGACY_CPU_PLAN = CpuPlan(max_patch=(32, 32, 32), base_features=16, max_features=128, batch_size=2, batch_dice=False)
+#: nnU-Net's ``ExperimentPlanner.lowres_creation_threshold``: 3d_fullres pools its Dice over the batch when
+#: its patch holds less than this share of the median image (and a 3d_lowres configuration exists).
+LOWRES_CREATION_THRESHOLD = 0.25
 _MIN_FEATURE_MAP_EDGE = 4  # nnU-Net's UNet_featuremap_min_edge_length
 
 
@@ -75,14 +160,14 @@ def _topology(spacing: list[float], patch: list[int]) -> tuple[list[int], Any, A
 
 
 def cpu_patch_and_topology(
-    spacing: list[float], patch: list[int], max_patch: tuple[int, ...] = CPU_MAX_PATCH
+    spacing: list[float], patch: list[int], max_patch: tuple[int, ...] = CPU_PLAN.max_patch
 ) -> tuple[list[int], list[list[int]], list[list[int]]]:
     """Cap a patch (voxels, nnU-Net's transposed axis order) and recompute the U-Net topology.
 
     Returns the new patch, the pooling strides per stage and the kernel sizes per stage.
     Each axis ends at most at ``max_patch`` and divisible by its total pooling factor.
 
-    >>> p, strides, kernels = cpu_patch_and_topology([4.0, 3.0, 3.0], [80, 160, 160])
+    >>> p, strides, kernels = cpu_patch_and_topology([4.0, 3.0, 3.0], [80, 160, 160], (32, 32, 32))
     >>> p, len(strides) == len(kernels)
     ([32, 32, 32], True)
     """
@@ -96,13 +181,15 @@ def cpu_patch_and_topology(
             target[i] -= 1
 
 
-def make_cpu_plans(plans: dict[str, Any]) -> dict[str, Any]:
+def make_cpu_plans(plans: dict[str, Any], cpu: CpuPlan = CPU_PLAN) -> dict[str, Any]:
     """Derive the ``nnUNetPlans_cpu`` plans from nnU-Net's default plans (see module docstring).
 
     Parameters
     ----------
     plans
         Content of ``nnUNetPlans.json`` (not modified).
+    cpu
+        The reduced network's numbers.
 
     Returns
     -------
@@ -120,10 +207,11 @@ def make_cpu_plans(plans: dict[str, Any]) -> dict[str, Any]:
         "batch_size": int(cfg["batch_size"]),
         "features_per_stage": list(arch["features_per_stage"]),
         "n_stages": int(arch["n_stages"]),
+        "batch_dice": bool(cfg.get("batch_dice", False)),
     }
-    patch, strides, kernels = cpu_patch_and_topology(list(cfg["spacing"]), list(cfg["patch_size"]))
+    patch, strides, kernels = cpu_patch_and_topology(list(cfg["spacing"]), list(cfg["patch_size"]), cpu.max_patch)
     n = len(strides)
-    features = [min(CPU_MAX_FEATURES, CPU_BASE_FEATURES * 2**i) for i in range(n)]
+    features = [min(cpu.max_features, cpu.base_features * 2**i) for i in range(n)]
     enc = list(arch["n_conv_per_stage"]) + [arch["n_conv_per_stage"][-1]] * n
     dec = list(arch["n_conv_per_stage_decoder"]) + [arch["n_conv_per_stage_decoder"][-1]] * n
     arch.update({
@@ -134,15 +222,21 @@ def make_cpu_plans(plans: dict[str, Any]) -> dict[str, Any]:
         "n_conv_per_stage": enc[:n],
         "n_conv_per_stage_decoder": dec[: n - 1],
     })
+    median = [float(v) for v in cfg.get("median_image_size_in_voxels", patch)]
+    share = float(np.prod(patch, dtype=np.float64) / np.prod(median, dtype=np.float64))
+    batch_dice = cpu.batch_dice if cpu.batch_dice is not None else share < LOWRES_CREATION_THRESHOLD
     cfg["patch_size"] = patch
-    cfg["batch_size"] = CPU_BATCH_SIZE
+    cfg["batch_size"] = cpu.batch_size
+    cfg["batch_dice"] = bool(batch_dice)
     cfg["data_identifier"] = f"{CPU_PLANS}_{CONFIGURATION}"
     out["configurations"] = {CONFIGURATION: cfg}
     out["plans_name"] = CPU_PLANS
     out["thoraxseg_cpu_plan"] = {
         "derived_from": plans.get("plans_name", DEFAULT_PLANS),
         "nnunet_default": old,
-        "cpu": {"patch_size": patch, "batch_size": CPU_BATCH_SIZE, "features_per_stage": features, "n_stages": n},
+        "cpu": {"patch_size": patch, "batch_size": cpu.batch_size, "features_per_stage": features, "n_stages": n,
+                "batch_dice": bool(batch_dice), "patch_share_of_median_image": round(share, 4)},
+        "cpu_plan": cpu.as_dict(),
         "unchanged": "spacing, transpose, normalisation, resampling, losses, augmentation, optimiser",
     }
     return out
@@ -171,6 +265,7 @@ def plan_and_preprocess(
     num_processes: int = 2,
     check_integrity: bool = True,
     verbose: bool = False,
+    cpu: CpuPlan = CPU_PLAN,
 ) -> str:
     """Fingerprint, plan and preprocess ``3d_fullres`` with nnU-Net (inside :func:`nnunet_environment`).
 
@@ -186,6 +281,8 @@ def plan_and_preprocess(
         nnU-Net worker pool size for fingerprinting and preprocessing.
     check_integrity
         Run nnU-Net's ``verify_dataset_integrity`` first.
+    cpu
+        The ``cpu`` plan's network numbers.
 
     Returns
     -------
@@ -209,7 +306,7 @@ def plan_and_preprocess(
     plan_experiment_dataset(dataset_id, ExperimentPlanner)
     if plans == "cpu":
         default = json.loads((preprocessed_dataset / f"{DEFAULT_PLANS}.json").read_text(encoding="utf-8"))
-        write_json_atomic(preprocessed_dataset / f"{CPU_PLANS}.json", make_cpu_plans(default))
+        write_json_atomic(preprocessed_dataset / f"{CPU_PLANS}.json", make_cpu_plans(default, cpu))
     preprocess_dataset(dataset_id, identifier, (CONFIGURATION,), [num_processes], verbose=verbose,
                        show_progress_bar=verbose)
     return identifier

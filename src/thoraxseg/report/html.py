@@ -106,7 +106,8 @@ footer{color:var(--muted);font-size:12px;text-align:center;padding:10px 0 30px}
 _SECTIONS: tuple[tuple[str, str], ...] = (
     ("data", "Dataset and check"), ("realign", "Label fix"), ("metrics", "Metrics per arm"),
     ("distributions", "Distributions"), ("statistics", "Statistics"), ("training", "Training"),
-    ("cases", "Best and worst cases"), ("surfaces", "3D surfaces"), ("config", "Configuration"),
+    ("cases", "Best and worst cases"), ("surfaces", "3D surfaces"), ("timings", "Run time"),
+    ("config", "Configuration"),
 )
 
 
@@ -761,6 +762,19 @@ class _Report:
                            "patient's left (anterior-left oblique): marching-cubes surfaces in true proportions (mm), "
                            "subsampled to ≤ 72 voxels per axis.")
 
+    def sec_timings(self) -> str:
+        t = self.s.timings
+        if not t:
+            return not_run("No stage timings (.stages/*.json) in this study folder.")
+        total = sum(t.values())
+        rows = [[esc(stage), _duration(secs), f"{100 * secs / total:.1f} %" if total > 0 else "—"]
+                for stage, secs in t.items()]
+        rows.append(["<b>total</b>", f"<b>{_duration(total)}</b>", "100 %" if total > 0 else "—"])
+        note = "" if "report" in t else " Building this page (the report stage) is not included."
+        return (f"<p>Wall time of each finished stage on the machine that ran it, in the order they finished; "
+                f"a resumed study counts each stage's last complete run.{note}</p>"
+                + table_html(["stage", "time", "share of total"], rows, raw=True))
+
     def sec_config(self) -> str:
         if not self.s.config_text:
             return not_run("study.yaml not found.")
@@ -775,7 +789,8 @@ class _Report:
             ("statistics", "Statistical comparison", self.sec_statistics),
             ("training", "Training curves", self.sec_training),
             ("cases", "Best and worst cases per arm", self.sec_cases),
-            ("surfaces", "3D surface renders", self.sec_surfaces), ("config", "Study configuration", self.sec_config),
+            ("surfaces", "3D surface renders", self.sec_surfaces), ("timings", "Run time per stage", self.sec_timings),
+            ("config", "Study configuration", self.sec_config),
         ]
         body = []
         with make_progress() as progress:

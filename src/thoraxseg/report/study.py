@@ -65,6 +65,8 @@ class Study:
         Per-arm resolved ``run/config.yaml`` (arms without one are absent).
     stats, shift
         ``compare/stats.csv`` and ``compare/shift.csv`` tables.
+    timings
+        Seconds per finished stage, in the order the stages finished (``.stages/*.json``).
     problems
         Files that exist but could not be read (``path: problem``).
     """
@@ -87,6 +89,7 @@ class Study:
     stats: pd.DataFrame | None = None
     shift: pd.DataFrame | None = None
     summary_txt: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -226,7 +229,27 @@ def load_study(root: str | Path) -> Study:
     summary = base / "compare" / "summary.txt"
     if summary.is_file():
         study.summary_txt = summary.read_text(encoding="utf-8", errors="replace")
+    study.timings = read_stage_timings(study)
     return study
+
+
+#: Stage markers of a study folder: ``STUDY/.stages/<stage>.json`` (``:`` in a stage name written ``__``).
+STAGE_MARKERS = ".stages"
+
+
+def read_stage_timings(study: Study) -> dict[str, float]:
+    """Seconds per finished stage, in finishing order; unreadable markers are recorded as problems."""
+    folder = study.root / STAGE_MARKERS
+    if not folder.is_dir():
+        return {}
+    rows: list[tuple[int, str, float]] = []
+    for path in folder.glob("*.json"):
+        d = _read_json(study, path)
+        if isinstance(d, dict) and isinstance(d.get("stage"), str) and isinstance(d.get("seconds"), int | float):
+            rows.append((path.stat().st_mtime_ns, d["stage"], float(d["seconds"])))
+        elif d is not None:
+            study._problem(path, "no stage name or seconds")
+    return {stage: secs for _, stage, secs in sorted(rows)}
 
 
 @dataclass

@@ -24,6 +24,7 @@ import yaml
 from thoraxseg.data.layout import Case, discover_cases, labelled_cases, reference_names_text
 from thoraxseg.errors import ConfigError, InputError, ThoraxsegError
 from thoraxseg.labels import organ_from_name
+from thoraxseg.report.study import STAGE_MARKERS
 from thoraxseg.study.config import StudyConfig
 from thoraxseg.utils.atomic import atomic_dir, write_json_atomic, write_text_atomic
 from thoraxseg.utils.files import link_or_copy
@@ -38,7 +39,7 @@ class Study:
     def __init__(self, root: Path, config: StudyConfig) -> None:
         self.root = Path(root)
         self.config = config
-        self.markers = self.root / ".stages"
+        self.markers = self.root / STAGE_MARKERS
 
     # -- layout ---------------------------------------------------------------------------------
     @property
