@@ -33,23 +33,23 @@ from thoraxseg.data.phantom import generate_cohort
 from thoraxseg.labels import ORGAN_NAMES
 from thoraxseg.metrics.evaluate import evaluate_folders
 from thoraxseg.nnunet import api
-from thoraxseg.nnunet.plans import LEGACY_CPU_PLAN, make_cpu_plans
+from thoraxseg.nnunet.plans import CPU_PLAN, LEGACY_CPU_PLAN, make_cpu_plans
 
 #: name -> (cpu_plan, epochs, iterations per epoch)
 VARIANTS: dict[str, tuple[dict[str, Any], int, int]] = {
-    "legacy": (LEGACY_CPU_PLAN.as_dict(), 36, 40),  # the 0.2 demo: 32³ patch, 16-128 features, per-patch Dice
-    "legacy_bd": ({**LEGACY_CPU_PLAN.as_dict(), "batch_dice": True}, 20, 40),
-    "legacy_bd_long": ({**LEGACY_CPU_PLAN.as_dict(), "batch_dice": True}, 60, 40),
-    "p32_f8_bd": ({"max_patch": [32, 32, 32], "base_features": 8, "max_features": 64, "batch_dice": True}, 30, 40),
-    "p32_f8_bd_long": ({"max_patch": [32, 32, 32], "base_features": 8, "max_features": 64, "batch_dice": True},
-                       60, 40),
-    "z16_xy64_f8_bd": ({"max_patch": [16, 64, 64], "base_features": 8, "max_features": 64, "batch_dice": True},
-                       12, 40),
-    "z16_xy64_f8": ({"max_patch": [16, 64, 64], "base_features": 8, "max_features": 64, "batch_dice": False},
+    # the CPU plan before cpu_plan (LEGACY_CPU_PLAN) and its demo run: 32³, 16-128 features, Dice per patch
+    "legacy": (LEGACY_CPU_PLAN.as_dict(), 36, 40),
+    # CPU_PLAN: the same network, Dice pooled over the batch (nnU-Net's rule for a patch < 25 % of the image)
+    "default_800": (CPU_PLAN.as_dict(), 20, 40),
+    "default": (CPU_PLAN.as_dict(), 60, 40),
+    # half the features
+    "f8_1200": ({**CPU_PLAN.as_dict(), "base_features": 8, "max_features": 64}, 30, 40),
+    "f8_2400": ({**CPU_PLAN.as_dict(), "base_features": 8, "max_features": 64}, 60, 40),
+    # more in-plane context per patch
+    "z16_xy64_f8": ({**CPU_PLAN.as_dict(), "max_patch": [16, 64, 64], "base_features": 8, "max_features": 64},
                     12, 40),
-    "z16_whole_f8": ({"max_patch": [16, 128, 128], "base_features": 8, "max_features": 64}, 8, 40),
-    "z8_whole_f8": ({"max_patch": [8, 128, 128], "base_features": 8, "max_features": 64}, 10, 40),
-    "z16_whole_f4": ({"max_patch": [16, 128, 128], "base_features": 4, "max_features": 32}, 10, 40),
+    "z16_whole_f4": ({**CPU_PLAN.as_dict(), "max_patch": [16, 128, 128], "base_features": 4, "max_features": 32},
+                     10, 40),
 }
 
 

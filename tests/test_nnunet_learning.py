@@ -3,7 +3,7 @@
 The other nnU-Net tests train a handful of steps and check plumbing; this one would have caught the
 demo's first nnU-Net run, whose validation pseudo Dice was 0.93 for the heart while its whole-volume
 predictions on new patients lay in the air outside the body (every training patch had been centred on
-an organ, so the network never saw the rest of the thorax), and the 0.2 demo's, which found no esophagus
+an organ, so the network never saw the rest of the thorax), and the previous demo's, which found no esophagus
 and no trachea (per-patch Dice on 32³ patches). It trains the default ``--plans cpu`` run (the demo's
 2400 steps) on the demo's number of small phantoms, predicts held-out phantoms through the public path
 and checks accuracy and location.
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 def learned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.DataFrame]:
     base = tmp_path_factory.mktemp("nnunet_learning")
     train = generate_cohort(base / "train", 12, size="small", seed=0, progress=False)
-    test = generate_cohort(base / "test", 3, size="small", seed=1000, progress=False)
+    test = generate_cohort(base / "test", 8, size="small", seed=1000, progress=False)
     run = base / "run"
     # the default CPU run, 60 x 40 steps (~9 min on 2 cores): benchmarks/nnunet_cpu_plan.py measured the
     # esophagus and trachea appearing after ~1700 steps (batch Dice) and never within 2000 steps of the
@@ -43,15 +43,19 @@ def learned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.Da
 
 def test_all_four_organs_are_segmented_on_new_patients(learned: tuple[Path, Path, pd.DataFrame]) -> None:
     _, _, df = learned
-    assert len(df) == 3 * 4
-    # bound: every organ > 0.5 on every held-out patient; the benchmark's 8 held-out phantoms gave
-    # per-organ means of 0.6-0.9 (the thin esophagus lowest), so 0.5 leaves room for patient variation
-    # and another CPU's training trajectory without accepting a missed organ (Dice 0)
-    table = df[["patient", "organ", "dice", "hd95"]].to_string()
-    assert (df["dice"] > 0.5).all(), table
-    # the failure this guards against put the heart 300-400 mm away; a learned heart is within ~20 mm
+    assert len(df) == 8 * 4
+    table = df.pivot(index="patient", columns="organ", values="dice").round(3).to_string()
+    means = df.groupby("organ")["dice"].mean()
+    # Measured on the development machine (benchmarks/nnunet_cpu_plan.py, variant "default", the same
+    # cohorts): heart 0.93, aorta 0.88, trachea 0.77, esophagus 0.56 (0.28-0.75 per patient). Another
+    # CPU follows another training trajectory; the bounds leave room for that, not for a missed organ.
+    for organ in ("heart", "trachea", "aorta"):
+        assert means[organ] > 0.6, table
+    assert means["esophagus"] > 0.4, table  # the thinnest organ, ~3 voxels across on this grid
+    assert (df["dice"] > 0.15).all(), table  # every organ found on every patient
+    # the failure this guards against put the heart 300-400 mm away; a learned heart is within ~10 mm
     heart = df[df["organ"] == "heart"]
-    assert (heart["hd95"] < 50).all(), table
+    assert (heart["hd95"] < 50).all(), heart[["patient", "dice", "hd95"]].to_string()
 
 
 def test_predicted_soft_tissue_organs_lie_inside_the_body(learned: tuple[Path, Path, pd.DataFrame]) -> None:

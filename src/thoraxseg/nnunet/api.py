@@ -310,6 +310,7 @@ def _plan_summary(plans: dict[str, Any]) -> dict[str, Any]:
         "batch_size": int(cfg["batch_size"]),
         "features_per_stage": [int(v) for v in arch["features_per_stage"]],
         "n_stages": int(arch["n_stages"]),
+        "batch_dice": bool(cfg.get("batch_dice", False)),
     }
 
 
