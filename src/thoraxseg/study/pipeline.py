@@ -302,9 +302,9 @@ def _stage_evaluate(study: Study, name: str) -> dict[str, Any]:
     df = evaluate_folders(study.testset, study.arm_dir(name) / "pred", tolerance_mm=study.config.tolerance_mm,
                           workers=study.config.workers)
     write_metrics_csv(df, study.arm_dir(name) / "metrics.csv")
-    means = df.groupby("organ")["dice"].mean().round(4).to_dict()
-    console.print(f"{name}: mean Dice " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))
-    return {"dice": means}
+    means = df.groupby("organ")["dice"].mean()
+    console.print(f"{name}: mean Dice " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))  # rounded once
+    return {"dice": means.round(4).to_dict()}
 
 
 def _stage_compare(study: Study) -> dict[str, Any]:
