@@ -14,6 +14,7 @@ Use :func:`build_fake_study`; the parts can be left out to test "not run" sectio
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -312,4 +313,18 @@ def build_fake_study(root: Path, n_patients: int = 6, n_test: int = 4, arms: tup
         from thoraxseg.stats.compare import compare_arms
 
         compare_arms(metric_paths, list(arms), root / "compare", seed=0, n_boot=500)
+    _write_stage_markers(root, arms, with_check, with_realign, with_compare and len(arms) >= 2)
     return root
+
+
+def _write_stage_markers(root: Path, arms: tuple[str, ...], check: bool, realign: bool, compare: bool) -> None:
+    """``.stages/<stage>.json`` as a study writes them (what the report's run-time section reads)."""
+    stages = ["data", *(["check"] if check else []), *(["realign"] if realign else []), "split"]
+    stages += [f"{kind}:{arm}" for arm in arms for kind in ("train", "predict", "evaluate")]
+    stages += ["compare"] if compare else []
+    markers = root / ".stages"
+    markers.mkdir(exist_ok=True)
+    for k, stage in enumerate(stages):
+        path = markers / f"{stage.replace(':', '__')}.json"
+        path.write_text(json.dumps({"stage": stage, "seconds": 10.0 * (k + 1)}))
+        os.utime(path, ns=(10**18 + k, 10**18 + k))  # finishing order

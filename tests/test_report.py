@@ -187,6 +187,8 @@ def test_full_report_content(full_report: tuple[Path, str]) -> None:
     training = _section(html, "training")
     # what a pixel is, per arm (from each run's config.yaml)
     assert training.count("128×128 crops at 3.125 mm/pixel") == 2 and "nnU-Net cpu plan" in training
+    timings = _section(html, "timings")
+    assert "train:nnunet3d" in timings and "<b>total</b>" in timings  # from the fixture's .stages markers
     cases = _section(html, "cases")
     assert cases.count("best: Patient_") == 0 and cases.count("<img") == len(ARMS)  # titles are in the images
     images = _images(html)

@@ -86,8 +86,8 @@ class CpuPlan:
     def from_settings(cls, value: Mapping[str, Any] | None) -> CpuPlan:
         """Parse a ``cpu_plan`` setting (missing keys take the defaults), checking every value.
 
-        >>> CpuPlan.from_settings({"max_patch": [32, 32, 32], "base_features": 16})
-        CpuPlan(max_patch=(32, 32, 32), base_features=16, max_features=64, batch_size=2)
+        >>> CpuPlan.from_settings({"max_patch": [16, 64, 64], "base_features": 8})
+        CpuPlan(max_patch=(16, 64, 64), base_features=8, max_features=128, batch_size=2, batch_dice=None)
         """
         if value is None:
             return cls()
