@@ -25,6 +25,7 @@ from thoraxseg.data.layout import CLEAN_LABEL_NAME
 from thoraxseg.data.volume import Volume, save_label, save_volume
 from thoraxseg.labels import ORGAN_NAMES, Organ
 from thoraxseg.realign.transforms import rotation_matrix_z, translation_matrix
+from thoraxseg.report.study import stage_marker
 
 ARMS = ("enet", "customnet", "nnunet3d")
 #: Per arm: (boundary jitter probability, shift in voxels, heart dilation iterations, false-positive blob).
@@ -322,9 +323,8 @@ def _write_stage_markers(root: Path, arms: tuple[str, ...], check: bool, realign
     stages = ["data", *(["check"] if check else []), *(["realign"] if realign else []), "split"]
     stages += [f"{kind}:{arm}" for arm in arms for kind in ("train", "predict", "evaluate")]
     stages += ["compare"] if compare else []
-    markers = root / ".stages"
-    markers.mkdir(exist_ok=True)
     for k, stage in enumerate(stages):
-        path = markers / f"{stage.replace(':', '__')}.json"
+        path = stage_marker(root, stage)
+        path.parent.mkdir(exist_ok=True)
         path.write_text(json.dumps({"stage": stage, "seconds": 10.0 * (k + 1)}))
         os.utime(path, ns=(10**18 + k, 10**18 + k))  # finishing order

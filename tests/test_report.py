@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 from pathlib import Path
@@ -20,7 +21,7 @@ from thoraxseg.report import build_report
 from thoraxseg.report.browser import find_chromium, inspect_page, screenshot
 from thoraxseg.report.figures import best_slice
 from thoraxseg.report.render3d import organ_mesh
-from thoraxseg.report.study import to_canonical
+from thoraxseg.report.study import stage_marker, to_canonical
 
 SECTION_IDS = ("overview", "data", "realign", "metrics", "distributions", "statistics", "training", "cases",
                "surfaces", "timings", "config")
@@ -89,17 +90,13 @@ def test_partial_study_marks_missing_stages_not_run(tmp_path: Path) -> None:
 
 
 def test_stage_timings_are_shown_with_their_share(tmp_path: Path) -> None:
-    import json
-    import os
-
     study = _metrics_only_study(tmp_path / "study")
-    markers = study / ".stages"
-    markers.mkdir()
     for k, (stage, secs) in enumerate([("data", 30.0), ("train:enet", 150.0), ("compare", 20.0)]):
-        path = markers / f"{stage.replace(':', '__')}.json"
+        path = stage_marker(study, stage)
+        path.parent.mkdir(exist_ok=True)
         path.write_text(json.dumps({"stage": stage, "seconds": secs}))
         os.utime(path, ns=(10**18 + k, 10**18 + k))  # finishing order
-    (markers / "bad.json").write_text(json.dumps({"stage": "x"}))
+    (study / ".stages" / "bad.json").write_text(json.dumps({"stage": "x"}))
     html = build_report(study).read_text(encoding="utf-8")
     sec = _section(html, "timings")
     assert sec.index("data") < sec.index("train:enet") < sec.index("compare")

@@ -275,8 +275,7 @@ def _prepare(data: Path, paths: NnunetPaths, s: dict[str, Any], marker: Path) ->
             "nnunetv2": _nnunet_version(), "inputs": _input_fingerprint(cases), "cpu_plan": s["cpu_plan"]}
     if marker.is_file():
         have = json.loads(marker.read_text(encoding="utf-8"))
-        if ident == plans_identifier("cpu"):  # prepared before cpu_plan was recorded: the 32³ plan
-            have.setdefault("cpu_plan", LEGACY_CPU_PLAN.as_dict())
+        have = _with_recorded_cpu_plan(have, ident == plans_identifier("cpu"))
         if all(have.get(k) == v for k, v in want.items()):
             return have
         marker.unlink()
@@ -451,6 +450,16 @@ def trained_folds(results: Path) -> list[str]:
     return sorted(names, key=_fold_key)
 
 
+def _with_recorded_cpu_plan(record: dict[str, Any], cpu: bool) -> dict[str, Any]:
+    """A run's ``config.yaml`` or ``prepared.json`` content, with the ``cpu_plan`` it was made with.
+
+    Runs of the ``cpu`` plan made before ``cpu_plan`` was recorded used :data:`LEGACY_CPU_PLAN`.
+    """
+    if cpu and not record.get("cpu_plan"):
+        return {**record, "cpu_plan": LEGACY_CPU_PLAN.as_dict()}
+    return record
+
+
 def _start(data: str | Path, out: str | Path, config: Mapping[str, Any] | str | Path | None,
            explicit: dict[str, Any]) -> tuple[Path, Path, dict[str, Any]]:
     data_path = Path(data).resolve()
@@ -459,10 +468,10 @@ def _start(data: str | Path, out: str | Path, config: Mapping[str, Any] | str | 
     _torch_device(s["device"])
     labelled_cases(data_path)  # fail early, naming the folder, when there is nothing to train on
     old = read_run_config(run) if (run / "config.yaml").is_file() else None
-    if old is not None and old.get("plans") == "cpu" and not old.get("cpu_plan"):
-        old = {**old, "cpu_plan": LEGACY_CPU_PLAN.as_dict()}  # made before cpu_plan was recorded
+    if old is not None:
+        old = _with_recorded_cpu_plan(old, old.get("plans") == "cpu")
     if s["plans"] == "cpu" and s["cpu_plan"] is None:  # a run continues with the plan it was made with
-        s["cpu_plan"] = CPU_PLAN.as_dict() if old is None else old.get("cpu_plan") or CPU_PLAN.as_dict()
+        s["cpu_plan"] = (old or {}).get("cpu_plan") or CPU_PLAN.as_dict()
     if old is not None:
         diff = [k for k in _IDENTITY_KEYS if old.get(k) != s[k]]
         if old.get("data") != str(data_path):

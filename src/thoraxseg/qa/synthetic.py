@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from thoraxseg.data.phantom import corruption_matrix, generate_case
+from thoraxseg.data.phantom import PhantomCase, corruption_matrix, generate_case
 from thoraxseg.data.volume import save_label, save_volume
 from thoraxseg.labels import Organ, label_name
 from thoraxseg.realign.estimate import APPLY_MODE
@@ -45,6 +45,23 @@ def random_move(rng: np.random.Generator, center: Sequence[float], spacing: Sequ
     shift = rng.uniform(-shift_mm, shift_mm, size=3)
     rotvec = np.deg2rad(np.r_[tilts, angle])
     return rigid_voxel_matrix(rotvec, shift, center, spacing)
+
+
+def _write_image(tmp: Path, seed: int, index: int, size: str) -> tuple[PhantomCase, Path]:
+    """Generate phantom ``index`` of cohort ``seed`` and write its CT to ``tmp/train/<patient>/``."""
+    case = generate_case(seed, index, size)
+    folder = tmp / "train" / case.patient_id
+    folder.mkdir(parents=True)
+    save_volume(case.image, folder / f"{case.patient_id}.nii.gz")
+    return case, folder
+
+
+def _move_with_limit(labels: np.ndarray, organ: int, m: np.ndarray) -> tuple[np.ndarray, float]:
+    """``labels`` with ``organ`` moved by the voxel matrix ``m``, and the nearest-neighbour limit of a fix:
+    the IoU with the clean organ of the moved organ moved back by ``m⁻¹`` (as ``apply`` resamples)."""
+    moved, _ = move_label_cropped(labels, organ, m)
+    back, _ = move_label_cropped(moved, organ, np.linalg.inv(m), APPLY_MODE)
+    return moved, iou(back == organ, labels == organ)
 
 
 def misplaced_cohort(out: str | Path, indices: Sequence[int], seed: int = 7, move_seed: int = 0,
@@ -81,10 +98,7 @@ def misplaced_cohort(out: str | Path, indices: Sequence[int], seed: int = 7, mov
     rows: list[dict[str, Any]] = []
     with atomic_dir(Path(out)) as tmp:
         for i in indices:
-            case = generate_case(seed, int(i), size)
-            folder = tmp / "train" / case.patient_id
-            folder.mkdir(parents=True)
-            save_volume(case.image, folder / f"{case.patient_id}.nii.gz")
+            case, folder = _write_image(tmp, seed, int(i), size)
             labels = case.labels
             row: dict[str, Any] = {"patient": case.patient_id, "index": int(i), "organ": None,
                                    "matrix_voxel": None, "limit_iou": None, "iou_moved": None}
@@ -92,10 +106,9 @@ def misplaced_cohort(out: str | Path, indices: Sequence[int], seed: int = 7, mov
                 organ = int(rng.choice(np.asarray(organs)))
                 clean = labels == organ
                 m = random_move(rng, centroid(clean), case.image.spacing)
-                labels, _ = move_label_cropped(labels, organ, m)
-                back, _ = move_label_cropped(labels, organ, np.linalg.inv(m), APPLY_MODE)
+                labels, limit = _move_with_limit(labels, organ, m)
                 row.update(organ=label_name(organ), matrix_voxel=np.round(m, 12).tolist(),
-                           limit_iou=round(iou(back == organ, clean), 6), iou_moved=round(iou(labels == organ, clean), 6))
+                           limit_iou=round(limit, 6), iou_moved=round(iou(labels == organ, clean), 6))
             save_label(labels, case.image, folder / "GT.nii.gz")
             rows.append(row)
         truth = {"seed": int(seed), "move_seed": int(move_seed), "size": size, "patients": rows}
@@ -113,16 +126,12 @@ def course_cohort(out: str | Path, indices: Sequence[int], seed: int = 7, size: 
     rows: list[dict[str, Any]] = []
     with atomic_dir(Path(out)) as tmp:
         for i in indices:
-            case = generate_case(seed, int(i), size)
-            folder = tmp / "train" / case.patient_id
-            folder.mkdir(parents=True)
-            save_volume(case.image, folder / f"{case.patient_id}.nii.gz")
+            case, folder = _write_image(tmp, seed, int(i), size)
             m = corruption_matrix(case.image.shape)
-            moved, _ = move_label_cropped(case.labels, heart, m)
-            back, _ = move_label_cropped(moved, heart, np.linalg.inv(m), APPLY_MODE)
+            moved, limit = _move_with_limit(case.labels, heart, m)
             save_label(moved, case.image, folder / "GT.nii.gz")
             rows.append({"patient": case.patient_id, "index": int(i), "organ": "heart", "matrix_voxel": m.tolist(),
-                         "limit_iou": iou(back == heart, case.labels == heart)})
+                         "limit_iou": limit})
         truth = {"seed": int(seed), "size": size, "patients": rows}
         write_json_atomic(tmp / "truth.json", truth)
     return truth

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,7 +230,7 @@ def load_study(root: str | Path) -> Study:
     summary = base / "compare" / "summary.txt"
     if summary.is_file():
         study.summary_txt = summary.read_text(encoding="utf-8", errors="replace")
-    study.timings = read_stage_timings(study)
+    study.timings = read_stage_timings(base, study._problem)
     return study
 
 
@@ -237,18 +238,36 @@ def load_study(root: str | Path) -> Study:
 STAGE_MARKERS = ".stages"
 
 
-def read_stage_timings(study: Study) -> dict[str, float]:
-    """Seconds per finished stage, in finishing order; unreadable markers are recorded as problems."""
-    folder = study.root / STAGE_MARKERS
+def stage_marker(root: str | Path, stage: str) -> Path:
+    """The marker file a study writes when ``stage`` completes.
+
+    >>> stage_marker("runs/demo", "train:enet").as_posix()
+    'runs/demo/.stages/train__enet.json'
+    """
+    return Path(root) / STAGE_MARKERS / f"{stage.replace(':', '__')}.json"
+
+
+def read_stage_timings(root: str | Path,
+                       problem: Callable[[Path, str], None] | None = None) -> dict[str, float]:
+    """Seconds per finished stage of the study folder ``root``, in finishing order (marker times).
+
+    A marker that cannot be read or has no stage name or seconds is skipped and passed to ``problem``.
+    """
+    folder = Path(root) / STAGE_MARKERS
     if not folder.is_dir():
         return {}
     rows: list[tuple[int, str, float]] = []
     for path in folder.glob("*.json"):
-        d = _read_json(study, path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if problem is not None:
+                problem(path, f"unreadable JSON ({exc})")
+            continue
         if isinstance(d, dict) and isinstance(d.get("stage"), str) and isinstance(d.get("seconds"), int | float):
             rows.append((path.stat().st_mtime_ns, d["stage"], float(d["seconds"])))
-        elif d is not None:
-            study._problem(path, "no stage name or seconds")
+        elif problem is not None:
+            problem(path, "no stage name or seconds")
     return {stage: secs for _, stage, secs in sorted(rows)}
 
 

@@ -24,7 +24,7 @@ import yaml
 from thoraxseg.data.layout import Case, discover_cases, labelled_cases, reference_names_text
 from thoraxseg.errors import ConfigError, InputError, ThoraxsegError
 from thoraxseg.labels import organ_from_name
-from thoraxseg.report.study import STAGE_MARKERS
+from thoraxseg.report.study import STAGE_MARKERS, read_stage_timings, stage_marker
 from thoraxseg.study.config import StudyConfig
 from thoraxseg.utils.atomic import atomic_dir, write_json_atomic, write_text_atomic
 from thoraxseg.utils.files import link_or_copy
@@ -66,7 +66,7 @@ class Study:
 
     # -- markers --------------------------------------------------------------------------------
     def _marker(self, stage: str) -> Path:
-        return self.markers / f"{stage.replace(':', '__')}.json"
+        return stage_marker(self.root, stage)
 
     def done(self, stage: str) -> bool:
         return self._marker(stage).exists()
@@ -75,11 +75,8 @@ class Study:
         write_json_atomic(self._marker(stage), {"stage": stage, "seconds": round(seconds, 2), **info})
 
     def timings(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for p in sorted(self.markers.glob("*.json")):
-            d = json.loads(p.read_text())
-            out[d["stage"]] = d["seconds"]
-        return out
+        """Seconds per finished stage, in finishing order."""
+        return read_stage_timings(self.root)
 
 
 def _stage_data(study: Study) -> dict[str, Any]:

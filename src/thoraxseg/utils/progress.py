@@ -54,6 +54,7 @@ class LineProgress(Progress):
         super().__init__(*columns, **kwargs)
         self.line_every_s = float(line_every_s)
         self._last_line: dict[TaskID, float] = {}
+        self._reported_done: set[TaskID] = set()
         self._lines = not self.disable and not self.console.is_terminal
 
     def add_task(self, description: str, *args: Any, **kwargs: Any) -> TaskID:
@@ -70,16 +71,16 @@ class LineProgress(Progress):
         self._maybe_line(task_id)
 
     def _maybe_line(self, task_id: TaskID) -> None:
-        if not self._lines:
+        if not self._lines or task_id in self._reported_done:
             return
         task = self._tasks[task_id]
         now = time.monotonic()
         done = task.total is not None and task.completed >= task.total
-        if done and self._last_line.get(task_id) == -1.0:
-            return  # completion already reported
         if not done and now - self._last_line.get(task_id, 0.0) < self.line_every_s:
             return
-        self._last_line[task_id] = -1.0 if done else now
+        self._last_line[task_id] = now
+        if done:
+            self._reported_done.add(task_id)
         count = f"{task.completed:.0f}/{task.total:.0f}" if task.total is not None else f"{task.completed:.0f}"
         timing = _clock(task.elapsed or 0.0)
         if not done and task.time_remaining is not None:
