@@ -44,6 +44,7 @@ from thoraxseg.nnunet import api
 from thoraxseg.nnunet.env import nnunet_environment, scoped_env, thread_pools
 from thoraxseg.nnunet.export import export_dataset
 from thoraxseg.nnunet.plans import plan_and_preprocess
+from thoraxseg.nnunet.settings import RUN_LENGTH
 from thoraxseg.utils.progress import console
 
 DATASET = "Dataset055_SegTHOR"
@@ -268,8 +269,8 @@ def main() -> None:
     p.add_argument("--overhead-iterations", type=int, default=8)
     p.add_argument("--cases", type=int, default=12, help="training phantoms (fold 0 validates on 1/5)")
     p.add_argument("--test-cases", type=int, default=3, help="held-out phantoms for predict + evaluate")
-    p.add_argument("--epochs", type=int, default=api.RUN_LENGTH["cpu"][0])
-    p.add_argument("--iterations", type=int, default=api.RUN_LENGTH["cpu"][1])
+    p.add_argument("--epochs", type=int, default=RUN_LENGTH["cpu"][0])
+    p.add_argument("--iterations", type=int, default=RUN_LENGTH["cpu"][1])
     args = p.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="nnunet_bench_"))
     work.mkdir(parents=True, exist_ok=True)

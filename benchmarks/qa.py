@@ -35,13 +35,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from thoraxseg.data.overlap import iou
 from thoraxseg.data.phantom import generate_case
 from thoraxseg.data.volume import load_label
 from thoraxseg.labels import Organ, label_name
 from thoraxseg.qa import synthetic
 from thoraxseg.qa.run import run_qa
 from thoraxseg.qa.synthetic import misplaced_cohort
-from thoraxseg.realign.geometry import iou, relative_rotation_deg
+from thoraxseg.realign.geometry import relative_rotation_deg
 
 console = Console(width=160, highlight=False)
 ROOT = Path(__file__).resolve().parents[1]

@@ -32,6 +32,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from thoraxseg.data.transforms import COURSE_ROTATION_DEG
 from thoraxseg.data.volume import load_label
 from thoraxseg.labels import Organ
 from thoraxseg.realign.apply import apply_transform_to_dataset
@@ -45,7 +46,6 @@ from thoraxseg.realign.geometry import (
     rotation_parameters,
     translation_error_vox,
 )
-from thoraxseg.realign.transforms import COURSE_ROTATION_DEG
 
 console = Console(width=180, highlight=False)  # wide enough for the tables when piped to a file
 

@@ -4,6 +4,11 @@ A phantom CT is resampled to ``--shape`` (default 512 × 512 × 200, SegTHOR's s
 written as NIfTI and as a DICOM series. Models:
 
 - every ``--run`` (a trained run folder of any arm, e.g. the demo's ``runs/demo/arms/<arm>/run``);
+- with ``--nnunet-default``, nnU-Net's default plan (the full-size 3D setting: nnU-Net plans it for
+  ``--nnunet-cases`` full-size phantoms, 512 × 512 at ~1 mm) with one training step, i.e. untrained weights
+  as for the 2D rows, predicted without mirroring (``--no-tta``): on 2 cores one 56 × 192 × 192 tile of its
+  32→320-feature network takes ~10 s, ×8 with mirroring, so the default (mirrored) prediction is timed per
+  tile and its total estimated from the tile count (printed as such, not run);
 - for each 2D arm and settings set in ``--settings`` (``demo``: ``configs/train2d_demo.yaml``;
   ``full``: the defaults, image size 256, ENet width 16, CustomNet width 64), a run with
   freshly initialised weights: the prediction cost does not depend on the weights' values,
@@ -22,6 +27,7 @@ Usage::
     python benchmarks/segment.py --run runs/demo/arms/enet/run --run runs/demo/arms/customnet/run \\
         --run runs/demo/arms/nnunet3d/run             # demo runs + full-size untrained 2D settings
     python benchmarks/segment.py --shape 128 128 40 --settings demo  # quick check of the script
+    python benchmarks/segment.py --arms "" --nnunet-default --inputs nifti   # nnU-Net default plan, ~30 min
 
 Run it on an otherwise idle machine: it prints the load average before and after.
 """
@@ -113,13 +119,54 @@ def make_2d_run(run: Path, arm: str, settings: str, fov_mm: float) -> Path:
     return run
 
 
-def run_segment(inp: Path, bundle: Path, out: Path, threads: int, formats: str | None = None
-                ) -> tuple[float, float, dict]:
+def make_nnunet_default_run(work: Path, cases: int) -> Path:
+    """An nnU-Net run with nnU-Net's default plan for ``cases`` full-size phantoms, after one training step."""
+    from thoraxseg.data.phantom import generate_cohort
+    from thoraxseg.nnunet.api import train_nnunet
+
+    data = work / "nnunet_default_data"
+    if not data.is_dir():
+        generate_cohort(data, cases=cases, size="full", seed=7)
+    return train_nnunet(data, work / "run_nnunet_default", folds="all", epochs=1, iterations_per_epoch=1,
+                        plans="default", val_iterations_per_epoch=1, final_validation=False)
+
+
+def time_nnunet_tiles(run: Path, ct: Volume, threads: int) -> dict[str, float]:
+    """Seconds of one sliding-window tile with and without mirroring, and the tile count for ``ct``.
+
+    The tile count is nnU-Net's own (``compute_steps_for_sliding_window``) for the CT resampled to the
+    plan's spacing, step 0.5.
+    """
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+    from thoraxseg.nnunet.api import load_predictor
+
+    torch.set_num_threads(threads)
+    predictor = load_predictor(run, tta=True)
+    patch = list(predictor.configuration_manager.patch_size)
+    target = predictor.configuration_manager.spacing  # (z, y, x) mm
+    shape_zyx = [round(n * s / t) for n, s, t in zip(ct.shape[::-1], ct.spacing[::-1], target, strict=True)]
+    steps = compute_steps_for_sliding_window([max(a, b) for a, b in zip(shape_zyx, patch, strict=True)], patch, 0.5)
+    tile = torch.zeros((1, 1, *patch))
+    out: dict[str, float] = {"tiles": float(np.prod([len(s) for s in steps]))}
+    with torch.no_grad():
+        predictor.use_mirroring = False
+        predictor._internal_maybe_mirror_and_predict(tile)  # warm-up
+        for mirror in (False, True):
+            predictor.use_mirroring = mirror
+            t0 = time.perf_counter()
+            predictor._internal_maybe_mirror_and_predict(tile)
+            out["mirrored" if mirror else "plain"] = time.perf_counter() - t0
+    return out
+
+
+def run_segment(inp: Path, bundle: Path, out: Path, threads: int, formats: str | None = None,
+                extra: tuple[str, ...] = ()) -> tuple[float, float, dict]:
     """Wall seconds, peak RSS (MB) and summary.json of one ``thoraxseg segment`` process."""
     env = {**os.environ, "THORAXSEG_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT / "src")}
     cmd = [sys.executable, "-m", "thoraxseg", "segment", str(inp), "--model", str(bundle), "--out", str(out),
-           "--overwrite", *(["--formats", formats] if formats else [])]
+           "--overwrite", *(["--formats", formats] if formats else []), *extra]
     if shutil.which("taskset") and (os.cpu_count() or 1) >= threads:
         cmd = ["taskset", "-c", f"0-{threads - 1}", *cmd]
     # Peak memory from GNU time in a small intermediate process: a child forked straight from this
@@ -148,6 +195,10 @@ def main() -> int:
     ap.add_argument("--run", type=Path, action="append", default=[], help="trained run folder(s), any arm")
     ap.add_argument("--inputs", default="nifti,dicom", help="input formats: nifti, dicom")
     ap.add_argument("--keep", type=Path, help="keep the work folder here (default: a temporary folder)")
+    ap.add_argument("--nnunet-default", action="store_true",
+                    help="also time nnU-Net's default plan (untrained, no mirroring; mirrored cost per tile)")
+    ap.add_argument("--nnunet-cases", type=int, default=3, help="full-size phantoms nnU-Net plans on (default 3)")
+    ap.add_argument("--nnunet-run", type=Path, help="reuse this --nnunet-default run folder instead of making one")
     args = ap.parse_args()
 
     console.print(f"load average before: {os.getloadavg()}; {os.cpu_count()} CPUs; torch {torch.__version__}")
@@ -166,25 +217,33 @@ def main() -> int:
         write_ct_series(ct, inputs["dicom"])
     console.print(f"CT {shape} at {ct.spacing} mm made in {time.perf_counter() - t0:.0f} s")
 
-    models: list[tuple[str, Path, bool]] = []  # (name, bundle, trained)
+    models: list[tuple[str, Path, bool, tuple[str, ...]]] = []  # (name, bundle, trained, extra segment args)
     for i, run in enumerate(args.run):
         arm = run_model_name(run)
-        models.append((f"{arm} (trained: {run})", export_model(run, work / f"trained_{i}_{arm}.zip"), True))
+        models.append((f"{arm} (trained: {run})", export_model(run, work / f"trained_{i}_{arm}.zip"), True, ()))
+    tiles = None
+    if args.nnunet_default:
+        t0 = time.perf_counter()
+        nn_run = args.nnunet_run or make_nnunet_default_run(work, args.nnunet_cases)
+        console.print(f"nnU-Net default-plan run {nn_run} ready in {time.perf_counter() - t0:.0f} s")
+        tiles = time_nnunet_tiles(nn_run, ct, args.threads)
+        models.append(("nnunet3d (default plan, untrained, no mirroring)",
+                       export_model(nn_run, work / "nnunet_default.zip"), False, ("--no-tta",)))
     for arm in [a for a in args.arms.split(",") if a]:
         for settings in [s for s in args.settings.split(",") if s]:
             fov = max(n * d for n, d in zip(ct.shape[:2], ct.spacing[:2], strict=True))
             run = make_2d_run(work / f"run_{arm}_{settings}", arm, settings, fov)
             models.append((f"{arm} ({settings}, untrained)", export_model(run, work / f"{arm}_{settings}.zip"),
-                           False))
+                           False, ()))
 
     table = Table(title=f"thoraxseg segment, {shape[0]}×{shape[1]}×{shape[2]} CT, {args.threads} cores")
     for col in ("model", "input", "wall s", "peak RSS MB", "predict s", "read s", "rtstruct s", "slowest step"):
         table.add_column(col)
-    for name, bundle, trained in models:
+    for name, bundle, trained, extra in models:
         for kind, inp in inputs.items():
             formats = None if trained or kind != "dicom" else "nifti,seg-nrrd,dicom-seg"
             wall, rss, summary = run_segment(inp, bundle, work / "out" / f"{bundle.stem}_{kind}", args.threads,
-                                             formats)
+                                             formats, extra)
             sec = {k: v for k, v in summary["manifest"]["seconds"].items() if k not in ("total", "open_model")}
             slowest = max(sec, key=sec.get)
             table.add_row(name, kind, f"{wall:.1f}", f"{rss:.0f}", f"{sec.get('predict', 0):.1f}",
@@ -199,6 +258,12 @@ def main() -> int:
                       f"{sec['write_rtstruct']:.1f}", f"{slowest} ({sec[slowest]:.1f} s)")
         console.print(f"{'writers on GT':>22}  dicom: steps { {k: round(v, 2) for k, v in sec.items()} }")
     console.print(table)
+    if tiles is not None:
+        n = int(tiles["tiles"])
+        console.print(f"nnU-Net default plan, one tile on {args.threads} cores: {tiles['plain']:.1f} s, mirrored "
+                      f"{tiles['mirrored']:.1f} s ({tiles['mirrored'] / tiles['plain']:.1f}x); {n} tiles for this CT "
+                      f"-> sliding window ~{n * tiles['plain'] / 60:.0f} min, mirrored (segment's default) "
+                      f"~{n * tiles['mirrored'] / 60:.0f} min (estimated from the tile times, not run)")
     console.print(f"load average after: {os.getloadavg()}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

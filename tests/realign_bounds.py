@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from thoraxseg.data.overlap import iou
 from thoraxseg.realign.geometry import (
     centroid,
     identifiable_rotation_deg,
-    iou,
     relative_rotation_deg,
     transform_mask_cropped,
     translation_error_vox,

@@ -21,11 +21,10 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from thoraxseg.data.layout import CLEAN_LABEL_NAME
+from thoraxseg.data.layout import CLEAN_LABEL_NAME, StudyLayout, stage_marker
+from thoraxseg.data.transforms import rotation_matrix_z, translation_matrix
 from thoraxseg.data.volume import Volume, save_label, save_volume
 from thoraxseg.labels import ORGAN_NAMES, Organ
-from thoraxseg.realign.transforms import rotation_matrix_z, translation_matrix
-from thoraxseg.report.study import stage_marker
 
 ARMS = ("enet", "customnet", "nnunet3d")
 #: Per arm: (boundary jitter probability, shift in voxels, heart dilation iterations, false-positive blob).
@@ -223,6 +222,7 @@ def build_fake_study(root: Path, n_patients: int = 6, n_test: int = 4, arms: tup
     """
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
+    lay = StudyLayout(root)  # the layout the pipeline writes and the report reads
     ids = [f"Patient_{i:02d}" for i in range(1, n_patients + 1)]
     test_ids = ids[-n_test:]
     spacing = (4.0, 4.0, 7.0)
@@ -231,16 +231,16 @@ def build_fake_study(root: Path, n_patients: int = 6, n_test: int = 4, arms: tup
         ct, lab, affine = synthetic_case(shape, spacing, seed=seed * 1000 + k)
         cases[pid] = (ct, lab, affine)
         moved = move_label(lab, int(Organ.HEART), -20.0, (4.0, 3.0, 2.0)) if with_realign else lab
-        _write_case(root / "data" / "raw" / "train", pid, ct, moved, affine, clean=lab if k == 0 and with_realign
+        _write_case(lay.raw / "train", pid, ct, moved, affine, clean=lab if k == 0 and with_realign
                     else None)
         if with_realign:
-            _write_case(root / "data" / "fixed" / "train", pid, ct, lab, affine)
+            _write_case(lay.fixed / "train", pid, ct, lab, affine)
         if pid in test_ids:
-            _write_case(root / "data" / "testset", pid, ct, lab, affine)
-    (root / "data" / "raw" / "phantom.json").write_text(json.dumps({"cases": n_patients, "size": "small",
+            _write_case(lay.testset, pid, ct, lab, affine)
+    lay.phantom_json.write_text(json.dumps({"cases": n_patients, "size": "small",
                                                                     "seed": seed, "corrupt_heart": with_realign}))
-    (root / "data" / "split.json").write_text(json.dumps({"seed": seed, "train": ids[:-n_test], "test": test_ids}))
-    (root / "study.yaml").write_text(
+    lay.split.write_text(json.dumps({"seed": seed, "train": ids[:-n_test], "test": test_ids}))
+    lay.config.write_text(
         f"name: fake-study\ndata:\n  source: phantom\n  cases: {n_patients}\n  seed: {seed}\nrealign:\n"
         f"  reference: Patient_01\narms: [{', '.join(arms)}]\ncompare:\n  seed: 0\n  n_boot: 2000\n")
     if with_check:  # the layout of thoraxseg.data.check.CheckReport.to_dict()
@@ -262,11 +262,11 @@ def build_fake_study(root: Path, n_patients: int = 6, n_test: int = 4, arms: tup
                     "n_warnings": n_warn, "errors": [], "cases": cases}
 
         cases_data = cases
-        (root / "check.json").write_text(json.dumps(check_doc("raw", with_realign), indent=2))
+        lay.check.write_text(json.dumps(check_doc("raw", with_realign), indent=2))
         if with_realign:
-            (root / "check_fixed.json").write_text(json.dumps(check_doc("fixed", False), indent=2))
+            lay.check_fixed.write_text(json.dumps(check_doc("fixed", False), indent=2))
     if with_realign:  # the layout of thoraxseg.realign.estimate.estimate_transform / apply
-        (root / "realign").mkdir(exist_ok=True)
+        lay.realign.mkdir(exist_ok=True)
         clean = cases[ids[0]][1] == int(Organ.HEART)
         moved = move_label(cases[ids[0]][1], int(Organ.HEART), -20.0, (4.0, 3.0, 2.0)) == int(Organ.HEART)
         iou_before = float((clean & moved).sum() / (clean | moved).sum())
@@ -278,22 +278,22 @@ def build_fake_study(root: Path, n_patients: int = 6, n_test: int = 4, arms: tup
                "translation_voxel": [-4.02, -2.97, -2.0], "translation_mm": [-16.1, -11.9, -14.0],
                "method": "sweep", "iou_before": round(iou_before, 6), "iou_after": 0.9712, "runtime_s": 0.84,
                "details": {"sweep_inplane_deg": 20.0, "refine_evaluations": 120}}
-        (root / "realign" / "fix.json").write_text(json.dumps(fix, indent=2))
+        (lay.realign / "fix.json").write_text(json.dumps(fix, indent=2))
         rows = [{"patient": pid, "voxels_before": int((cases[pid][1] == 2).sum()),
                  "voxels_after": int((cases[pid][1] == 2).sum()), "overlap_voxels": 0, "lost_voxels": 0,
                  "air_before": round(float(rng.uniform(0.3, 0.6)), 4),
                  "air_after": round(float(rng.uniform(0.0, 0.03)), 4), "suspicious_after": False, "note": "",
                  "seconds": 0.05} for pid in ids]
-        (root / "realign" / "apply.json").write_text(json.dumps(rows, indent=2))
+        (lay.realign / "apply.json").write_text(json.dumps(rows, indent=2))
         if with_overlay_png:
             from thoraxseg.report.figures import new_figure, to_png
 
             fig = new_figure(2, 2)
             fig.add_subplot(111).imshow(clean[:, :, shape[2] // 3].T)
-            (root / "realign" / "overlay.png").write_bytes(to_png(fig))
+            (lay.realign / "overlay.png").write_bytes(to_png(fig))
     metric_paths = []
     for a_idx, arm in enumerate(arms):
-        arm_dir = root / "arms" / arm
+        arm_dir = lay.arm(arm)
         rows = []
         for p_idx, pid in enumerate(test_ids):
             ct, lab, affine = cases[pid]
@@ -313,7 +313,7 @@ def build_fake_study(root: Path, n_patients: int = 6, n_test: int = 4, arms: tup
     if with_compare and len(arms) >= 2:
         from thoraxseg.stats.compare import compare_arms
 
-        compare_arms(metric_paths, list(arms), root / "compare", seed=0, n_boot=500)
+        compare_arms(metric_paths, list(arms), lay.compare, seed=0, n_boot=500)
     _write_stage_markers(root, arms, with_check, with_realign, with_compare and len(arms) >= 2)
     return root
 

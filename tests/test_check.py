@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 
 from thoraxseg.cli import main
-from thoraxseg.cli.check import _heart_cell
-from thoraxseg.data.check import check_dataset, label_air_fraction
+from thoraxseg.data.check import _heart_cell, check_dataset, label_air_fraction
+from thoraxseg.data.transforms import course_matrix, grid_scale, move_label
 from thoraxseg.data.volume import Volume, load_image, load_label, save_label, save_volume
 from thoraxseg.labels import Organ
-from thoraxseg.realign.transforms import course_matrix, grid_scale, move_label
 
 
 def _make_case(root: Path, pid: str, shape=(32, 28, 12), seed: int = 0) -> tuple[Path, Path]:

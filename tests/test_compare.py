@@ -15,7 +15,7 @@ from scipy import stats
 from thoraxseg.cli import main
 from thoraxseg.errors import ConfigError, InputError
 from thoraxseg.labels import ORGAN_NAMES
-from thoraxseg.stats.compare import STATS_COLUMNS, compare_arms, run_comparison, shift_pattern
+from thoraxseg.stats.compare import SHIFT_COLUMNS, STATS_COLUMNS, compare_arms, run_comparison, shift_pattern
 from thoraxseg.stats.paired import (
     TEST_NONE,
     TEST_T,
@@ -231,6 +231,13 @@ def test_compare_arms_outputs_and_pairing(three_arms: list[Path], tmp_path: Path
     assert not list(out.glob(".*tmp*"))
     back = pd.read_csv(out / "stats.csv")
     assert len(back) == len(st_)
+    # shift.csv is what run_comparison computes, column for column (numbers within CSV rounding)
+    shift = pd.read_csv(out / "shift.csv", keep_default_na=False)
+    expected = run_comparison(three_arms, None, seed=3, n_boot=500).shift
+    assert list(shift.columns) == list(SHIFT_COLUMNS) and len(shift) == len(expected) == 5 * 3  # (4 organs + mean) × 3 pairs
+    assert list(shift["pattern"]) == list(expected["pattern"])
+    for col in ("d_dice", "d_precision", "d_recall"):
+        np.testing.assert_allclose(shift[col].astype(float), expected[col].astype(float), atol=1e-6)
     row = st_[(st_.metric == "dice") & (st_.organ == "trachea") & (st_.arm_a == "enet") & (st_.arm_b == "customnet")]
     r = row.iloc[0]
     assert r["n"] == 10 and r["n_dropped"] == 2

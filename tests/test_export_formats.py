@@ -190,7 +190,8 @@ def test_writers_refuse_labels_on_another_grid(phantom_series, phantom_case, tmp
 
 def test_preview_is_radiological_on_real_ct(realct_dir: Path, tmp_path: Path) -> None:
     """Patient_R1's heart lies left of the midline: on screen right in axial and coronal views (radiological)."""
-    from thoraxseg.export.preview import radiological_views, to_ras, write_preview
+    from thoraxseg.data.volume import to_ras
+    from thoraxseg.export.preview import radiological_views, write_preview
 
     ct = load_image(realct_dir / "Patient_R1.nii.gz")  # LPS-ordered voxels (affine diag(-1.5, -1.5, 1.5))
     labels = load_label(realct_dir / "GT.nii.gz").array

@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
+from thoraxseg.data.overlap import overlap_metrics
+from thoraxseg.errors import ConfigError
 from thoraxseg.labels import ORGAN_NAMES
 from thoraxseg.metrics import METRIC_NAMES, compute_metrics
-from thoraxseg.metrics.overlap import overlap_metrics
 from thoraxseg.metrics.surface import (
     corner_codes,
     directed_surface_distances,
@@ -145,7 +146,7 @@ def test_rejects_bad_arguments() -> None:
         compute_metrics(m, np.zeros((4, 4, 5), np.uint8), (1, 1, 1))
     with pytest.raises(ValueError, match="spacing"):
         compute_metrics(m, m, (1, 0, 1))
-    with pytest.raises(ValueError, match="tolerance"):
+    with pytest.raises(ConfigError, match="tolerance"):
         compute_metrics(m, m, (1, 1, 1), tolerance_mm=-1)
 
 

@@ -13,10 +13,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from thoraxseg.arms import get_arm
+from thoraxseg.arms.curves import plot_curves
 from thoraxseg.cli import main
 from thoraxseg.data.volume import Volume, load_image, load_label, save_volume
 from thoraxseg.errors import ConfigError, InputError
 from thoraxseg.nnunet import api, env, export, plans, runlog
+from thoraxseg.nnunet import settings as nnsettings
 from thoraxseg.nnunet.trainer import find_checkpoint
 
 
@@ -171,32 +174,37 @@ def test_thread_pools_replace_and_restore_multiprocessing() -> None:
 
 
 def test_parse_folds_and_errors() -> None:
-    assert api.parse_folds("0") == [0]
-    assert api.parse_folds(["all", 1, 1]) == ["all", 1]
-    assert api.parse_folds("0-4") == [0, 1, 2, 3, 4]
+    assert nnsettings.parse_folds("0") == [0]
+    assert nnsettings.parse_folds(["all", 1, 1]) == ["all", 1]
+    assert nnsettings.parse_folds("0-4") == [0, 1, 2, 3, 4]
     for bad in ("x", "3-1", "", "0,-"):
         with pytest.raises(ConfigError):
-            api.parse_folds(bad)
+            nnsettings.parse_folds(bad)
 
 
 def test_resolve_settings_merges_config_and_arguments(tmp_path: Path) -> None:
-    s = api.resolve_settings(None)
+    s = nnsettings.resolve_settings(None)
     assert (s["plans"], s["folds"], s["epochs"], s["iterations_per_epoch"]) == ("default", [0], 1000, 250)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: nnunet3d\nnnunet:\n  plans: cpu\n  epochs: 7\n  seed: 3\n")
-    s = api.resolve_settings(cfg, epochs=9)
+    s = nnsettings.resolve_settings(cfg, epochs=9)
     assert (s["plans"], s["epochs"], s["seed"], s["iterations_per_epoch"]) == ("cpu", 9, 3, 40)
     assert (s["oversample_foreground"], s["final_validation"]) == (0.33, False)  # nnU-Net's sampling
-    with pytest.raises(ConfigError, match="unknown nnunet3d setting"):
-        api.resolve_settings({"epochz": 3})
+    with pytest.raises(ConfigError, match=r"unknown nnunet3d setting: epochz \(did you mean epochs\?"):
+        nnsettings.resolve_settings({"epochz": 3})
+    with pytest.raises(ConfigError, match="setting epochs: cannot use 'many'"):
+        nnsettings.resolve_settings({"epochs": "many"})
+    assert nnsettings.resolve_settings({"final_validation": "false", "verbose": "yes"}, plans="default")[
+        "final_validation"] is False  # typed, not bool("false")
     with pytest.raises(ConfigError, match="model 'enet'"):
-        api.resolve_settings({"model": "enet"})
-    with pytest.raises(ConfigError, match="plans must be"):
-        api.resolve_settings(None, plans="gpu")
-    with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES"):
-        api.resolve_settings(None, device="cuda:1")
+        nnsettings.resolve_settings({"model": "enet"})
+    with pytest.raises(ConfigError, match="plans: 'gpu' is not one of default, cpu"):
+        nnsettings.resolve_settings(None, plans="gpu")
+    assert nnsettings.resolve_settings(None, device="cuda:1")["device"] == "cuda:1"
+    with pytest.raises(ConfigError, match="device must be cpu, cuda or cuda:N, got 'gpu'"):
+        nnsettings.resolve_settings(None, device="gpu")
     with pytest.raises(InputError, match="config file not found"):
-        api.resolve_settings(tmp_path / "none.yaml")
+        nnsettings.resolve_settings(tmp_path / "none.yaml")
 
 
 def test_train_rejects_cuda_without_gpu_and_empty_data(tmp_path: Path) -> None:
@@ -215,8 +223,8 @@ def test_predict_rejects_a_folder_that_is_not_an_nnunet_run(tmp_path: Path, coho
     (tmp_path / "config.yaml").write_text("model: enet\n")
     with pytest.raises(InputError, match="not an nnunet3d run"):
         api.predict_nnunet(tmp_path, cohort, tmp_path / "pred")
-    with pytest.raises(ConfigError, match="batch_size"):
-        api.predict_nnunet(tmp_path, cohort, tmp_path / "pred", batch_size=4)
+    with pytest.raises(ConfigError, match="batch_size do not apply to nnunet3d"):  # the 2D arms' option
+        get_arm("nnunet3d").predict(tmp_path, cohort, tmp_path / "pred", batch_size=4)
 
 
 # ------------------------------------------------------------------------------------------------ plans
@@ -295,11 +303,11 @@ def test_cpu_plan_settings_are_checked(value: object, match: str) -> None:
 
 
 def test_cpu_plan_setting_is_resolved_and_refused_for_the_default_plan() -> None:
-    s = api.resolve_settings(None, plans="cpu", cpu_plan={"base_features": 4, "max_features": 32})
+    s = nnsettings.resolve_settings(None, plans="cpu", cpu_plan={"base_features": 4, "max_features": 32})
     assert s["cpu_plan"] == {**plans.CPU_PLAN.as_dict(), "base_features": 4, "max_features": 32}
-    assert api.resolve_settings(None, plans="cpu")["cpu_plan"] is None  # filled in per run (new or continued)
+    assert nnsettings.resolve_settings(None, plans="cpu")["cpu_plan"] is None  # filled in per run (new or continued)
     with pytest.raises(ConfigError, match="cpu_plan is a setting of --plans cpu"):
-        api.resolve_settings(None, plans="default", cpu_plan={"base_features": 4})
+        nnsettings.resolve_settings(None, plans="default", cpu_plan={"base_features": 4})
 
 
 def test_a_run_continues_with_the_cpu_plan_it_was_made_with(cohort: Path, tmp_path: Path) -> None:
@@ -422,7 +430,7 @@ def test_run_log_csv_and_curves(tmp_path: Path) -> None:
     assert [r["epoch"] for r in back] == ["0", "1"]
     assert back[1]["val_dice_heart"] == "" and back[1]["val_dice_mean"] == ""  # NaN → empty cell
     assert back[1]["seconds"] == "4.5" and back[0]["fold"] == "all"
-    runlog.plot_curves(back, tmp_path / "curves.png")
+    plot_curves(back, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

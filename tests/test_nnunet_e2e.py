@@ -99,10 +99,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
                              log_rows=read_log_csv(run / "log.csv"),
                              output=(base / "killed_run.log").read_text(errors="replace")[-3000:])
     env_before = _nnunet_env()
-    t0 = time.monotonic()
     api.train_nnunet(data, run, **SETTINGS)
     return SimpleNamespace(base=base, data=data, held_out=held_out, run=run, killed=killed,
-                           env_before=env_before, env_after=_nnunet_env(), resume_seconds=time.monotonic() - t0)
+                           env_before=env_before, env_after=_nnunet_env())
 
 
 def test_training_resumes_after_kill(trained: SimpleNamespace) -> None:
@@ -141,11 +140,13 @@ def test_run_folder_contents_and_no_global_environment(trained: SimpleNamespace)
 
 
 def test_rerun_of_a_finished_run_is_quick_and_settings_are_guarded(trained: SimpleNamespace) -> None:
-    t0 = time.monotonic()
+    final = trained.run / FOLD / "checkpoint_final.pth"
+    before = (final.stat().st_mtime_ns, final.read_bytes(), (trained.run / "log.csv").read_bytes())
     api.train_nnunet(trained.data, trained.run, **SETTINGS)
     sessions = json.loads((trained.run / "nnunet" / "sessions.json").read_text())
     assert sessions[-1]["folds"] == {"0": "complete"}
-    assert time.monotonic() - t0 < 60
+    # nothing was trained again: the final checkpoint and the epoch log are untouched
+    assert (final.stat().st_mtime_ns, final.read_bytes(), (trained.run / "log.csv").read_bytes()) == before
     with pytest.raises(ConfigError, match="other plans"):
         api.train_nnunet(trained.data, trained.run, **{**SETTINGS, "plans": "default"})
 

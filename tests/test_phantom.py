@@ -30,10 +30,10 @@ from thoraxseg.data.phantom import (
 )
 from thoraxseg.data.phantom.generator import case_seeds, render
 from thoraxseg.data.phantom.geometry import Grid, ellipse_sdf, occupancy, thin_factor
+from thoraxseg.data.transforms import course_matrix, grid_scale, move_label
 from thoraxseg.data.volume import load_image, load_label
 from thoraxseg.errors import InputError
 from thoraxseg.labels import Organ
-from thoraxseg.realign.transforms import course_matrix, grid_scale, move_label
 
 SEED = 3
 ORGAN_CODES = (Organ.ESOPHAGUS, Organ.HEART, Organ.TRACHEA, Organ.AORTA)
@@ -254,17 +254,19 @@ def test_cli_refuses_to_overwrite(cohort: Path, tmp_path: Path, capsys: pytest.C
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
-    assert main(["phantom", "--out", str(other), "--cases", "1", "--force"]) == 1
+    assert main(["phantom", "--out", str(other), "--cases", "1", "--overwrite"]) == 1
     assert (other / "notes.txt").read_text() == "keep me"
     assert "not a phantom cohort" in capsys.readouterr().err
 
 
-def test_cli_force_replaces_a_phantom_cohort(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag", ["--overwrite", "--force"])  # --force: the old spelling, read with a note
+def test_cli_overwrite_replaces_a_phantom_cohort(tmp_path: Path, flag: str, capsys: pytest.CaptureFixture[str]) -> None:
     out = generate_cohort(tmp_path / "c", 1, seed=1, progress=False)
     (out / "train" / "Patient_01" / "stale.txt").write_text("x")
-    assert main(["phantom", "--out", str(out), "--cases", "1", "--seed", "2", "--force"]) == 0
+    assert main(["phantom", "--out", str(out), "--cases", "1", "--seed", "2", flag]) == 0
     assert not (out / "train" / "Patient_01" / "stale.txt").exists()
     assert json.loads((out / "phantom.json").read_text())["seed"] == 2
+    assert ("--force is now --overwrite" in capsys.readouterr().err) == (flag == "--force")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
 
 

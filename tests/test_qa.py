@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from thoraxseg.cli import main
+from thoraxseg.data.overlap import iou
 from thoraxseg.data.volume import load_label
 from thoraxseg.labels import Organ
 from thoraxseg.qa import assess, run, synthetic
@@ -22,7 +23,7 @@ from thoraxseg.qa.assess import Gate, assess_case
 from thoraxseg.qa.run import CSV_COLUMNS, cross_validated_reference, cv_folds, run_qa
 from thoraxseg.realign import synthetic as thorax_synth
 from thoraxseg.realign.estimate import APPLY_MODE
-from thoraxseg.realign.geometry import centroid, iou, move_label_cropped, rigid_voxel_matrix
+from thoraxseg.realign.geometry import centroid, move_label_cropped, rigid_voxel_matrix
 
 HEART, AORTA, ESOPH = int(Organ.HEART), int(Organ.AORTA), int(Organ.ESOPHAGUS)
 SHAPE = (64, 64, 32)
@@ -291,7 +292,7 @@ def test_study_config_realign_qa(tmp_path: Path) -> None:
         StudyConfig.from_dict({**base, "realign": {"method": "qa"}})
     with pytest.raises(ConfigError, match=r"only used with realign\.method: qa"):
         StudyConfig.from_dict({**base, "realign": {"method": "sweep", "qa_run": "x"}})
-    with pytest.raises(ConfigError, match="sweep, elastix or qa"):
+    with pytest.raises(ConfigError, match="'icp' is not one of sweep, elastix, qa"):
         StudyConfig.from_dict({**base, "realign": {"method": "icp"}})
 
 

@@ -14,6 +14,8 @@ from scipy import ndimage
 
 from realign_bounds import assert_recovers
 from thoraxseg.cli import main
+from thoraxseg.data.overlap import iou
+from thoraxseg.data.transforms import course_matrix, grid_scale, move_label, transform_mask
 from thoraxseg.data.volume import load_label
 from thoraxseg.labels import Organ
 from thoraxseg.realign import apply as apply_mod
@@ -25,14 +27,12 @@ from thoraxseg.realign.estimate import estimate_matrix, estimate_transform
 from thoraxseg.realign.geometry import (
     centroid,
     identifiable_rotation_deg,
-    iou,
     move_label_cropped,
     rigid_voxel_matrix,
     rotation_parameters,
     transform_mask_cropped,
     world_matrix,
 )
-from thoraxseg.realign.transforms import course_matrix, grid_scale, move_label, transform_mask
 
 HEART = int(Organ.HEART)
 # A small grid of the synthetic thorax: 128×128×48 at 2.5×2.5×5 mm (~20k heart voxels).

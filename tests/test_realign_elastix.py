@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from thoraxseg.data.transforms import course_matrix, transform_mask
 from thoraxseg.labels import Organ
 from thoraxseg.realign.estimate import estimate_matrix
 from thoraxseg.realign.geometry import centroid, relative_rotation_deg, translation_error_vox
 from thoraxseg.realign.synthetic import synthetic_thorax
-from thoraxseg.realign.transforms import course_matrix, transform_mask
 
 
 @pytest.mark.slow

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 
 from realign_bounds import assert_recovers
+from thoraxseg.data.overlap import iou
+from thoraxseg.data.transforms import course_matrix, grid_scale
 from thoraxseg.data.volume import load_label
 from thoraxseg.labels import Organ
 from thoraxseg.realign.apply import apply_transform_to_dataset
 from thoraxseg.realign.corrupt import corrupt_dataset
 from thoraxseg.realign.estimate import APPLY_MODE, estimate_transform
 from thoraxseg.realign.geometry import (
-    iou,
     move_label_cropped,
 )
-from thoraxseg.realign.transforms import course_matrix, grid_scale
 
 HEART = int(Organ.HEART)
 

@@ -16,12 +16,13 @@ from PIL import Image
 
 from study_fixture import ARMS, build_fake_study, case_metrics, fake_prediction, synthetic_case
 from thoraxseg.cli import main
+from thoraxseg.data.layout import stage_marker
 from thoraxseg.errors import InputError
 from thoraxseg.report import build_report
 from thoraxseg.report.browser import find_chromium, inspect_page, screenshot
 from thoraxseg.report.figures import best_slice
 from thoraxseg.report.render3d import organ_mesh
-from thoraxseg.report.study import stage_marker, to_canonical
+from thoraxseg.report.study import to_canonical
 
 SECTION_IDS = ("overview", "data", "realign", "metrics", "distributions", "statistics", "training", "cases",
                "surfaces", "timings", "config")
@@ -65,6 +66,26 @@ def _metrics_only_study(root: Path) -> Path:
         (root / "arms" / arm).mkdir(parents=True)
         pd.DataFrame(rows).to_csv(root / "arms" / arm / "metrics.csv", index=False)
     return root
+
+
+def test_missing_stats_are_computed_with_the_studys_own_settings(tmp_path: Path) -> None:
+    """Without compare/stats.csv the report runs compare with study.yaml's seed, n_boot and unpaired."""
+    from thoraxseg.report.study import load_study
+    from thoraxseg.stats.compare import run_comparison
+
+    study = _metrics_only_study(tmp_path / "study")
+    (study / "study.yaml").write_text("name: s\nseed: 5\nn_boot: 300\nunpaired: false\n")
+    assert load_study(study).compare_settings() == {"seed": 5, "n_boot": 300, "unpaired": False}
+    stats = _section(build_report(study).read_text(encoding="utf-8"), "statistics")
+    assert "seed 5, n_boot 300, unpaired False" in stats
+    expected = run_comparison([study / "arms" / a / "metrics.csv" for a in ("enet", "customnet")],
+                              ["enet", "customnet"], seed=5, n_boot=300).stats
+    other = run_comparison([study / "arms" / a / "metrics.csv" for a in ("enet", "customnet")],
+                           ["enet", "customnet"], seed=0, n_boot=2000).stats
+    row = expected[(expected.metric == "dice") & (expected.organ == "heart")].iloc[0]
+    old = other[(other.metric == "dice") & (other.organ == "heart")].iloc[0]
+    assert row["ci_low"] != old["ci_low"]  # the settings matter for the interval, so the check below can fail
+    assert f"{row['ci_low']:+.3f}" in stats or f"{row['ci_low']:.3f}" in stats
 
 
 def test_partial_study_marks_missing_stages_not_run(tmp_path: Path) -> None:

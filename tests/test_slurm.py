@@ -39,7 +39,7 @@ def test_script_requests_the_resources_and_runs_torchrun(tmp_path: Path) -> None
     assert '--nnodes="$SLURM_JOB_NUM_NODES"' in text and "srun --ntasks-per-node=1" in text
     train_line = next(line for line in lines if "thoraxseg.cli train" in line)
     assert f"--data '{tmp_path / 'my data'}'" in train_line  # quoted path with a space
-    assert "--device cuda" in train_line and "--epochs 100" in train_line and "--workers 7" in train_line
+    assert "--device cuda" in train_line and "--epochs 100" in train_line and "--loader-workers 7" in train_line
     assert "--set loss.class_weights.esophagus=0.4" in train_line
     assert "--image-size 256 --spacing-mm 1.8" in train_line
     assert os.stat(tmp_path / "run" / "slurm_train.sbatch").st_mode & stat.S_IXUSR

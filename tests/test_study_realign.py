@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from cli_output import messages
 from study_fixture import build_raw_dataset, tiny_study_config
 from thoraxseg.cli import main
 
@@ -42,7 +43,7 @@ def _nothing_trained(tmp_path: Path) -> bool:
 def test_flagged_hearts_without_a_reference_pair_stop_the_study(tmp_path: Path, capsys) -> None:
     data = build_raw_dataset(tmp_path / "raw", IDS)
     assert main(_study(tmp_path, data)) == 1
-    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    err = messages(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("thoraxseg: error: realign.enabled: auto: ")
     assert "check flags the heart label of 3 case(s) as misplaced (Patient_01, Patient_02, Patient_27;" in err[0]
     assert "no case has a reference pair (GT.nii.gz + GT_clean.nii.gz or GT2.nii.gz)" in err[0]
@@ -108,7 +109,7 @@ def test_swapped_pair_and_unknown_reference_are_refused(tmp_path: Path, capsys) 
     moved = build_raw_dataset(tmp_path / "moved", IDS) / "train" / "Patient_27" / "GT.nii.gz"
     gt2.write_bytes(moved.read_bytes())
     assert main(_study(tmp_path, data)) == 1
-    err = capsys.readouterr().err.strip()
+    (err,) = messages(capsys.readouterr().err)
     assert err.startswith(f"thoraxseg: error: {gt2}: reference pair Patient_27 (GT.nii.gz + GT2.nii.gz)")
     assert "the heart of GT2.nii.gz is the one on air" in err and gt.is_file()
     assert main(_study(tmp_path / "r", data, {"reference": "Patient_01"})) == 1

@@ -275,7 +275,7 @@ def fake_nnunet(monkeypatch: pytest.MonkeyPatch) -> dict:
     calls: dict = {}
     api = types.ModuleType("thoraxseg.nnunet.api")
 
-    def train_nnunet(data: Path, out: Path, **kw: object) -> Path:
+    def train_nnunet_arm(name: str, data: Path, out: Path, **kw: object) -> Path:
         calls["train"] = (data, out, kw)
         return out
 
@@ -283,7 +283,7 @@ def fake_nnunet(monkeypatch: pytest.MonkeyPatch) -> dict:
         calls["predict"] = (run, images, out, kw)
         return []
 
-    api.train_nnunet = train_nnunet  # type: ignore[attr-defined]
+    api.train_nnunet_arm = train_nnunet_arm  # type: ignore[attr-defined]
     api.predict_nnunet = predict_nnunet  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "thoraxseg.nnunet.api", api)
     return calls
@@ -316,7 +316,7 @@ def test_cli_rejects_options_of_the_other_arm(tmp_path: Path, capsys: pytest.Cap
     assert "apply to nnunet3d only" in capsys.readouterr().err
     assert main(["train", "--model", "nnunet3d", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
                  "--lr", "0.1"]) == 1
-    assert "2D arms only" in capsys.readouterr().err
+    assert "option(s) lr apply to enet, customnet only, not nnunet3d" in capsys.readouterr().err
 
 
 def test_cli_reports_missing_data_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -324,6 +324,24 @@ def test_cli_reports_missing_data_in_one_line(tmp_path: Path, capsys: pytest.Cap
                  "--epochs", "1"])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("thoraxseg: error:") and "nope" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("model", ["enet", "nnunet3d"])
+def test_failed_training_leaves_no_run_folder(toy_root: Path, tmp_path: Path, model: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A truncated CT fails in one line and leaves no run folder (not even one holding config.yaml)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(toy_root, data)
+    ct = sorted(data.rglob("Patient_02.nii.gz"))[0]
+    ct.write_bytes(ct.read_bytes()[: ct.stat().st_size // 2])
+    extra = ["--plans", "cpu"] if model == "nnunet3d" else ["--image-size", "32"]
+    code = main(["train", "--model", model, "--data", str(data), "--out", str(tmp_path / "r"), "--epochs", "1",
+                 *extra])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("thoraxseg: error:") and str(ct) in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists()
 
 
 def test_train_config_dataclass_roundtrip() -> None:

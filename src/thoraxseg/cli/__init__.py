@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from thoraxseg import __version__
 from thoraxseg.errors import ThoraxsegError
 
-#: Stage modules, in data-flow order. A module that fails to import is reported, not fatal.
-STAGES: tuple[str, ...] = (
+#: Subcommand modules under :mod:`thoraxseg.cli`, in data-flow order (the order of ``thoraxseg --help``).
+COMMANDS: tuple[str, ...] = (
     "phantom",
     "check",
     "realign",
@@ -35,6 +35,26 @@ STAGES: tuple[str, ...] = (
 )
 
 
+class RenamedFlag(argparse.Action):
+    """An old spelling of a flag: still works, sets the new flag's value and prints one note (stderr)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str = "", nargs: int | str | None = 0,
+                 **kwargs: object) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, nargs=nargs, help=argparse.SUPPRESS, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(f"thoraxseg: note: {option_string} is now {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+
+def add_overwrite(p: argparse.ArgumentParser, help: str) -> None:
+    """``--overwrite`` (every command's word for "replace what is there"); ``--force`` is read as it, with a note."""
+    p.add_argument("--overwrite", action="store_true", help=help)
+    p.add_argument("--force", action=RenamedFlag, dest="overwrite", new="--overwrite")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="thoraxseg",
@@ -43,14 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"thoraxseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for stage in STAGES:
-        try:
-            module = importlib.import_module(f"thoraxseg.cli.{stage}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"thoraxseg.cli.{stage}":
-                continue  # stage not built in this version
-            raise
-        module.register(sub)
+    for command in COMMANDS:
+        importlib.import_module(f"thoraxseg.cli.{command}").register(sub)
     return parser
 
 

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from thoraxseg.cli import add_overwrite
 from thoraxseg.data.layout import COURSE_CLEAN_LABEL_NAME, COURSE_PATIENTS, COURSE_REFERENCE_PATIENT
 from thoraxseg.data.phantom import SIZES, generate_cohort
 from thoraxseg.utils.progress import console
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --corrupt-heart: write the course's SegTHOR copy exactly — the clean reference is "
                         "Patient_27/GT2.nii.gz next to its moved GT.nii.gz; up to 40 patients, fewer than 27 keep "
                         "the course's numbering (Patient_01..Patient_{N-1} and Patient_27)")
-    p.add_argument("--force", action="store_true", help="replace DIR if it is an earlier phantom cohort")
+    add_overwrite(p, "replace DIR if it is an earlier phantom cohort")
     p.set_defaults(func=run)
 
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     cases = args.cases if args.cases is not None else (COURSE_PATIENTS if args.course_layout else 10)
     out = generate_cohort(args.out, cases, size=args.size, seed=args.seed,
-                          corrupt_heart=args.corrupt_heart, overwrite=args.force, course_layout=args.course_layout)
+                          corrupt_heart=args.corrupt_heart, overwrite=args.overwrite, course_layout=args.course_layout)
     what = " with corrupted heart labels" if args.corrupt_heart else ""
     if args.course_layout:
         what += f" in the course layout (reference {out / 'train' / COURSE_REFERENCE_PATIENT / COURSE_CLEAN_LABEL_NAME})"

@@ -31,5 +31,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="nnunet3d: no mirroring test-time augmentation")
     p.add_argument("--step", type=float, help="nnunet3d: sliding-window step as a fraction of the patch (default 0.5)")
     p.add_argument("--batch-size", type=int, help="2D arms: slices per forward pass (default 32)")
-    p.add_argument("--checkpoint", help="2D arms: best (default), last, or a .pt path")
+    p.add_argument("--checkpoint", help="best or last, every arm (2D default best; nnunet3d default: final, "
+                                        "else latest, else best); 2D arms also a .pt path")
     p.set_defaults(func=run)

@@ -20,7 +20,7 @@ def train_argv(args: argparse.Namespace, device: str) -> list[str]:
         "--schedule": args.schedule, "--image-size": args.image_size, "--spacing-mm": args.spacing_mm,
         "--width": args.width,
         "--val-fraction": args.val_fraction, "--samples-per-epoch": args.samples_per_epoch,
-        "--workers": args.num_workers, "--threads": args.threads, "--folds": args.folds,
+        "--loader-workers": args.num_workers, "--threads": args.threads, "--folds": args.folds,
         "--iterations-per-epoch": args.iterations_per_epoch, "--plans": args.plans,
     }
     for flag, value in options.items():
@@ -42,7 +42,11 @@ def run(args: argparse.Namespace) -> int:
                      cpus_per_gpu=args.cpus_per_gpu, mem=args.mem, account=args.account, qos=args.qos,
                      job_name=args.job_name, port=args.port, setup=tuple(args.setup))
     device = args.device or ("cuda" if args.gpus > 0 else "cpu")
-    if args.workers_default and args.num_workers is None and args.model != "nnunet3d":
+    from thoraxseg.arms import get_arm
+
+    if args.old_workers is not None and args.num_workers is None:
+        args.num_workers = args.old_workers
+    if args.workers_default and args.num_workers is None and "num_workers" in get_arm(args.model).train_flags:
         args.num_workers = max(spec.cpus_per_gpu - 1, 0)
     text = sbatch_script(train_argv(args, device), spec, model=args.model, out=args.out)
     script = args.script or (args.out / "slurm_train.sbatch")
@@ -80,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--setup", action="append", default=[], metavar="LINE",
                    help="shell line to run first, e.g. 'source /path/.venv/bin/activate' (repeatable)")
     s.add_argument("--no-default-workers", dest="workers_default", action="store_false",
-                   help="do not set --workers to cpus-per-gpu - 1 for the 2D arms")
+                   help="do not set --loader-workers to cpus-per-gpu - 1 for the 2D arms")
     s.add_argument("--script", type=Path, help="where to write the script (default RUN/slurm_train.sbatch)")
     s.add_argument("--submit", action="store_true", help="submit with sbatch after writing")
     t.set_defaults(func=run)

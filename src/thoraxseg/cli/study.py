@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
+from thoraxseg.cli import add_overwrite
 from thoraxseg.errors import ConfigError
 from thoraxseg.study import load_study_config, run_study
 from thoraxseg.utils.progress import console
@@ -18,8 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", type=Path, required=True, help="study YAML (see configs/demo.yaml)")
     p.add_argument("--out", type=Path, default=None, help="study folder (default: runs/<name>)")
-    p.add_argument("--force", action="store_true", help="re-run every stage")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="override the config's device")
+    add_overwrite(p, "re-run every stage (the study's stage markers are cleared first)")
+    p.add_argument("--device", default=None, help="override the config's device: cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads for every stage (overrides the config; default: one per core)")
     p.set_defaults(func=run)
@@ -28,12 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_study_config(args.config)
     if args.device:
+        if re.fullmatch(r"cpu|cuda(:\d+)?", args.device) is None:
+            raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
         config.device = args.device
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
         config.threads = args.threads
     out = args.out or Path("runs") / config.name
-    report = run_study(config, out, force=args.force)
+    report = run_study(config, out, force=args.overwrite)
     console.print(f"[bold green]report:[/bold green] {report.resolve()}")
     return 0

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from thoraxseg.arms import arm_names, get_arm
 from thoraxseg.errors import ConfigError
-from thoraxseg.training.config import MODEL_NAMES, SCHEDULES
+from thoraxseg.training.config import SCHEDULES
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -23,9 +24,15 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+def _note(text: str) -> None:
+    from thoraxseg.utils.progress import err_console
+
+    err_console.print(f"thoraxseg: note: {text}", markup=False, highlight=False)
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``thoraxseg train`` (shared with ``thoraxseg slurm train``)."""
-    p.add_argument("--model", required=True, choices=MODEL_NAMES, help="which arm to train")
+    p.add_argument("--model", required=True, choices=arm_names(), help="which arm to train")
     p.add_argument("--data", required=True, type=Path, help="dataset root with labelled cases (SegTHOR layout)")
     p.add_argument("--out", required=True, type=Path, help="run folder (resumes from RUN/last.pt when present)")
     p.add_argument("--config", type=Path, help="YAML file of settings (see docs; CLI options win)")
@@ -42,13 +49,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=int, help="network width (default: ENet 16, CustomNet 64)")
     g.add_argument("--val-fraction", type=float, help="fraction of patients for validation (default 0.2)")
     g.add_argument("--samples-per-epoch", type=int, help="random training slices per epoch (default: all)")
-    g.add_argument("--workers", type=int, dest="num_workers", help="DataLoader worker processes (default 0)")
+    g.add_argument("--loader-workers", type=int, dest="num_workers", help="DataLoader worker processes (default 0)")
+    g.add_argument("--workers", type=int, dest="old_workers", help=argparse.SUPPRESS)  # before 0.3: --loader-workers
     g.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core)")
     g.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast on CUDA")
     g.add_argument("--no-augment", dest="augment_enabled", action="store_false", default=None,
                    help="disable augmentation")
-    g.add_argument("--set", dest="settings", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-                   help="any other setting, e.g. --set loss.class_weights.esophagus=0.4 (repeatable)")
+    p.add_argument("--set", dest="settings", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="any other setting of the arm, e.g. --set loss.class_weights.esophagus=0.4 (2D) or "
+                        "--set final_validation=false (nnunet3d) (repeatable)")
     n = p.add_argument_group("nnU-Net arm (nnunet3d)")
     n.add_argument("--folds", help="fold to train: 0-4 or 'all' (nnunet3d)")
     n.add_argument("--iterations-per-epoch", type=int, help="training iterations per epoch (nnunet3d)")
@@ -65,19 +74,26 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "augment.enabled": args.augment_enabled,
         "folds": args.folds, "iterations_per_epoch": args.iterations_per_epoch, "plans": args.plans,
     }
-    for key, value in args.settings:
+    if getattr(args, "old_workers", None) is not None:
+        _note("--workers of train is now --loader-workers (DataLoader processes); --workers is read as that")
+        if overrides["num_workers"] is None:
+            overrides["num_workers"] = args.old_workers
+    flags = {k for k, v in overrides.items() if v is not None}
+    arm = get_arm(args.model)
+    foreign = sorted(flags - arm.train_flags)
+    if foreign:
+        owners = [a for a in arm_names() if set(foreign) <= get_arm(a).train_flags]
+        where = f"apply to {', '.join(owners)} only" if owners else "do not apply"
+        raise ConfigError(f"option(s) {', '.join(foreign)} {where}, not {arm.name}")
+    for key, value in args.settings:  # --set KEY=VALUE: any setting of the arm, checked by its settings loader
         overrides[key] = value
     return {k: v for k, v in overrides.items() if v is not None}
 
 
 def run(args: argparse.Namespace) -> int:
-    from thoraxseg.training import NNUNET_OPTIONS, train
+    from thoraxseg.training import train
 
     overrides = train_overrides(args)
-    if args.model == "nnunet3d":
-        unused = sorted(k for k in overrides if k not in (*NNUNET_OPTIONS, "seed"))
-        if unused:
-            raise ConfigError(f"option(s) {', '.join(unused)} apply to the 2D arms only, not nnunet3d")
     out = train(args.model, args.data, args.out, config=args.config, epochs=args.epochs, device=args.device,
                 **overrides)
     print(out)

@@ -30,17 +30,19 @@ Examples
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rich.table import Table
 
 from thoraxseg.data.layout import Case, discover_cases
 from thoraxseg.data.volume import Volume, load_image, load_label, same_geometry
 from thoraxseg.errors import InputError
 from thoraxseg.labels import ORGANS, Organ, label_name
-from thoraxseg.utils.progress import make_progress
+from thoraxseg.utils.progress import console, make_progress
 
 #: CT values below this (HU) count as air (lung parenchyma, airways, outside the body).
 AIR_HU: float = -400.0
@@ -313,3 +315,44 @@ def check_dataset(root: str | Path, workers: int = 1, progress: bool = True) -> 
                 reports.append(check_case(case))
                 bar.advance(task)
     return CheckReport(str(root), reports)
+
+
+def _heart_cell(heart: OrganPlacement | None, pair: ReferencePair | None) -> str:
+    """``41%``, or ``41% (GT2.nii.gz 0%)`` for a reference pair."""
+    cell = f"{heart.air_fraction:.0%}" if heart else "-"
+    clean = next((o for o in pair.clean_organs if o.organ == "heart"), None) if pair else None
+    if pair is not None and clean is not None:
+        cell += f" ({Path(pair.clean).name} {clean.air_fraction:.0%})"
+    return cell
+
+
+def print_report(report: CheckReport) -> None:
+    """Print the per-case table (stdout) and one line per problem (errors to stderr)."""
+    table = Table(title=f"check: {report.root}", show_lines=False)
+    for col in ("patient", "shape", "spacing (mm)", "organs (mL)", "heart on air", "status"):
+        table.add_column(col)
+    for c in report.cases:
+        organs = ", ".join(f"{o.organ[:3]} {o.volume_ml:.0f}" for o in c.organs) or "-"
+        heart = next((o for o in c.organs if o.organ == "heart"), None)
+        style = {"ok": "green", "warning": "yellow", "error": "red"}[c.status]
+        table.add_row(
+            c.patient_id,
+            "×".join(map(str, c.shape)) if c.shape else "-",
+            "×".join(f"{s:.3g}" for s in c.spacing_mm) if c.spacing_mm else "-",
+            organs,
+            _heart_cell(heart, c.reference),
+            f"[{style}]{c.status}[/{style}]",
+        )
+    if report.cases:
+        console.print(table)
+    for line in report.errors:
+        print(f"thoraxseg: error: {line}", file=sys.stderr)
+    for c in report.cases:
+        for line in c.errors:
+            print(f"thoraxseg: error: {line}", file=sys.stderr)
+        for line in c.warnings:
+            console.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)
+        for line in c.notes:
+            console.print(f"note: {line}", soft_wrap=True)
+    n_err = sum(1 for c in report.cases if c.errors) + len(report.errors)
+    console.print(f"{len(report.cases)} case(s): {n_err} with errors, {report.n_warnings} with warnings")

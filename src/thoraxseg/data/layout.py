@@ -22,7 +22,9 @@ Examples
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,3 +172,134 @@ def find_case_image(folder: str | Path, patient_id: str) -> Path:
         if p.is_file():
             return p
     raise InputError(base / f"{patient_id}.nii.gz", "file not found")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the study folder (written by thoraxseg.study, read by thoraxseg.report and the tests' fixture study)
+
+#: Stage markers of a study folder: ``STUDY/.stages/<stage>.json`` (``:`` in a stage name written ``__``).
+STAGE_MARKERS = ".stages"
+
+
+def stage_marker(root: str | Path, stage: str) -> Path:
+    """The marker file a study writes when ``stage`` completes.
+
+    >>> stage_marker("runs/demo", "train:enet").as_posix()
+    'runs/demo/.stages/train__enet.json'
+    """
+    return Path(root) / STAGE_MARKERS / f"{stage.replace(':', '__')}.json"
+
+
+def read_stage_timings(root: str | Path,
+                       problem: Callable[[Path, str], None] | None = None) -> dict[str, float]:
+    """Seconds per finished stage of the study folder ``root``, in finishing order (marker times).
+
+    A marker that cannot be read or has no stage name or seconds is skipped and passed to ``problem``.
+    """
+    folder = Path(root) / STAGE_MARKERS
+    if not folder.is_dir():
+        return {}
+    rows: list[tuple[int, str, float]] = []
+    for path in folder.glob("*.json"):
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if problem is not None:
+                problem(path, f"unreadable JSON ({exc})")
+            continue
+        if isinstance(d, dict) and isinstance(d.get("stage"), str) and isinstance(d.get("seconds"), int | float):
+            rows.append((path.stat().st_mtime_ns, d["stage"], float(d["seconds"])))
+        elif problem is not None:
+            problem(path, "no stage name or seconds")
+    return {stage: secs for _, stage, secs in sorted(rows)}
+
+
+@dataclass(frozen=True)
+class StudyLayout:
+    """Where everything lives in a study folder (``thoraxseg study --out STUDY``; see docs/dev/contracts.md).
+
+    ``data_root``: an existing dataset the study reads in place of ``STUDY/data/raw`` (the study file's
+    ``data.root``).
+
+    >>> s = StudyLayout(Path("runs/demo"))
+    >>> s.metrics("enet").as_posix(), s.marker("train:enet").as_posix()
+    ('runs/demo/arms/enet/metrics.csv', 'runs/demo/.stages/train__enet.json')
+    """
+
+    root: Path
+    data_root: Path | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.root / "study.yaml"
+
+    @property
+    def raw(self) -> Path:
+        return Path(self.data_root) if self.data_root else self.root / "data" / "raw"
+
+    @property
+    def phantom_json(self) -> Path:
+        return self.root / "data" / "raw" / "phantom.json"
+
+    @property
+    def fixed(self) -> Path:
+        return self.root / "data" / "fixed"
+
+    @property
+    def trainset(self) -> Path:
+        return self.root / "data" / "trainset"
+
+    @property
+    def testset(self) -> Path:
+        return self.root / "data" / "testset"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "data" / "split.json"
+
+    @property
+    def check(self) -> Path:
+        return self.root / "check.json"
+
+    @property
+    def check_fixed(self) -> Path:
+        return self.root / "check_fixed.json"
+
+    @property
+    def realign(self) -> Path:
+        return self.root / "realign"
+
+    @property
+    def qa(self) -> Path:
+        return self.realign / "qa"
+
+    @property
+    def arms(self) -> Path:
+        return self.root / "arms"
+
+    def arm(self, name: str) -> Path:
+        return self.arms / name
+
+    def run(self, arm: str) -> Path:
+        return self.arm(arm) / "run"
+
+    def pred(self, arm: str) -> Path:
+        return self.arm(arm) / "pred"
+
+    def metrics(self, arm: str) -> Path:
+        return self.arm(arm) / "metrics.csv"
+
+    @property
+    def compare(self) -> Path:
+        return self.root / "compare"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def markers(self) -> Path:
+        return self.root / STAGE_MARKERS
+
+    def marker(self, stage: str) -> Path:
+        return stage_marker(self.root, stage)

@@ -275,6 +275,29 @@ def save_label(array: np.ndarray, reference: Volume, path: str | Path) -> None:
     save_volume(out, path)
 
 
+def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Reorient ``array`` (``(x, y, z)`` with ``affine``) to the closest RAS+ voxel order (flips and axis swaps only).
+
+    Returns the reoriented array (a view where possible) and its voxel size in mm, in RAS order: what every
+    display (preview, report, realignment overlays) shows.
+
+    >>> import numpy as np
+    >>> lps = np.diag([-2.0, -1.0, 3.0, 1.0])  # x towards the left, y towards posterior
+    >>> arr, spacing = to_ras(np.arange(8).reshape(2, 2, 2), lps)
+    >>> spacing, int(arr[0, 0, 0])
+    ((2.0, 1.0, 3.0), 6)
+    """
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
+                                           nib.orientations.axcodes2ornt("RAS"))
+    out = nib.orientations.apply_orientation(array, ornt)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    order = [int(ornt[i, 0]) for i in range(3)]
+    new_spacing = [0.0, 0.0, 0.0]
+    for src, dst in enumerate(order):
+        new_spacing[dst] = float(spacing[src])
+    return out, (new_spacing[0], new_spacing[1], new_spacing[2])
+
+
 def same_geometry(a: Volume, b: Volume, atol_mm: float = 1e-3, atol_dir: float = 1e-4) -> str | None:
     """Compare two grids. Returns None when equal, else a short description of the difference.
 

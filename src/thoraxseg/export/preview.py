@@ -11,28 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
-from thoraxseg.data.volume import Volume
+from thoraxseg.data.volume import Volume, to_ras
 from thoraxseg.labels import LABEL_COLORS, ORGANS, label_name
 from thoraxseg.utils.atomic import atomic_path
 
 #: CT display window (HU): soft tissue, wide enough for the airways.
 WINDOW = (-1000.0, 600.0)
-
-
-def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Reorient ``array`` (``(x, y, z)``) to the closest RAS+ voxel order; returns it and its voxel size (mm)."""
-    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
-                                           nib.orientations.axcodes2ornt("RAS"))
-    out = nib.orientations.apply_orientation(array, ornt)
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    order = [int(ornt[i, 0]) for i in range(3)]
-    new_spacing = [0.0, 0.0, 0.0]
-    for src, dst in enumerate(order):
-        new_spacing[dst] = float(spacing[src])
-    return out, (new_spacing[0], new_spacing[1], new_spacing[2])
 
 
 def radiological_views(ras: np.ndarray, point: tuple[int, int, int]) -> dict[str, np.ndarray]:

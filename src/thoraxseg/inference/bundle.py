@@ -39,16 +39,15 @@ from typing import Any
 
 import numpy as np
 
+from thoraxseg.arms import arm_names, get_arm
+from thoraxseg.arms.runs import load_run_config
 from thoraxseg.errors import InputError
-from thoraxseg.inference import load_run_config
 from thoraxseg.labels import LABEL_NAMES, ORGANS, label_name
 from thoraxseg.utils.atomic import atomic_path
 
 BUNDLE_FORMAT = "thoraxseg-model-bundle"
 BUNDLE_VERSION = 1
 MANIFEST = "bundle.json"
-ARMS_2D = ("enet", "customnet")
-ARMS = (*ARMS_2D, "nnunet3d")
 
 
 @dataclass
@@ -107,7 +106,7 @@ def _major_minor(version: str) -> str:
 
 
 def run_files(run: Path, cfg: dict[str, Any]) -> dict[str, Path]:
-    """Files (bundle-relative name → path) that prediction with ``run`` reads.
+    """Files (bundle-relative name → path) that prediction with ``run`` reads (the arm's :meth:`~thoraxseg.arms.Arm.files`).
 
     Raises
     ------
@@ -115,48 +114,29 @@ def run_files(run: Path, cfg: dict[str, Any]) -> dict[str, Path]:
         Unknown arm, or no trained weights in the run.
     """
     arm = str(cfg["model"]).lower()
-    files = {"config.yaml": run / "config.yaml"}
-    if arm in ARMS_2D:
-        ckpt = next((p for p in (run / "best.pt", run / "last.pt") if p.is_file()), None)
-        if ckpt is None:
-            raise InputError(run / "best.pt", "no checkpoint in this run folder (train it first)")
-        files[ckpt.name] = ckpt
-    elif arm == "nnunet3d":
-        from thoraxseg.nnunet.api import trained_folds
-        from thoraxseg.nnunet.trainer import find_checkpoint
+    if arm not in arm_names():
+        raise InputError(run / "config.yaml", f"unknown model arm {arm!r}; expected one of {', '.join(arm_names())}")
+    return {"config.yaml": run / "config.yaml", **get_arm(arm).files(run, cfg)}
 
-        rel = Path(cfg.get("resolved", {}).get("results_folder", ""))
-        results = run / rel
-        if not rel.parts or not (results / "plans.json").is_file():
-            raise InputError(results / "plans.json", "file not found (nnU-Net model folder missing; train it first)")
-        for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
-            if (results / name).is_file():
-                files[(rel / name).as_posix()] = results / name
-        folds = 0
-        for fold in trained_folds(results):
-            ckpt = find_checkpoint(results / f"fold_{fold}")
-            if ckpt is not None:
-                files[(rel / f"fold_{fold}" / ckpt.name).as_posix()] = ckpt
-                folds += 1
-        if not folds:
-            raise InputError(results, "no trained fold (checkpoint_*.pth) in the nnU-Net model folder")
-    else:
-        raise InputError(run / "config.yaml", f"unknown model arm {arm!r}; expected one of {', '.join(ARMS)}")
-    return files
+
+def files_2d(run: Path, cfg: dict[str, Any]) -> dict[str, Path]:
+    """The 2D arms' weights: ``best.pt``, else ``last.pt``."""
+    ckpt = next((p for p in (run / "best.pt", run / "last.pt") if p.is_file()), None)
+    if ckpt is None:
+        raise InputError(run / "best.pt", "no checkpoint in this run folder (train it first)")
+    return {ckpt.name: ckpt}
 
 
 def preprocessing_facts(run: Path, cfg: dict[str, Any]) -> dict[str, Any]:
-    """What the model expects of its input: 2D image size, windows, spacing; nnU-Net spacing, patch, normalisation."""
-    arm = str(cfg["model"]).lower()
-    if arm in ARMS_2D:
-        facts = {k: cfg[k] for k in ("image_size", "windows", "preprocessing") if k in cfg}
-        facts.update({k: v for k, v in cfg.items() if "spacing" in k})
-        return facts
-    plans = json.loads((run / cfg["resolved"]["results_folder"] / "plans.json").read_text())
-    conf = plans.get("configurations", {}).get("3d_fullres", {})
-    return {"configuration": "3d_fullres", "spacing_mm": conf.get("spacing"), "patch_size": conf.get("patch_size"),
-            "normalization": conf.get("normalization_schemes"),
-            "intensity": plans.get("foreground_intensity_properties_per_channel")}
+    """What the model expects of its input (the arm's :meth:`~thoraxseg.arms.Arm.facts`)."""
+    return get_arm(str(cfg["model"]).lower()).facts(run, cfg)
+
+
+def facts_2d(run: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """2D arms: image size, windows, preprocessing and pixel spacing."""
+    facts = {k: cfg[k] for k in ("image_size", "windows", "preprocessing") if k in cfg}
+    facts.update({k: v for k, v in cfg.items() if "spacing" in k})
+    return facts
 
 
 VOLUMES_CACHE = "training_volumes.json"
@@ -257,13 +237,13 @@ def _check_manifest(path: Path, manifest: Any) -> None:
         raise InputError(path, f"bundle format version {manifest.get('format_version')!r}; this thoraxseg "
                                f"reads version {BUNDLE_VERSION}")
     arm = manifest.get("arm")
-    if arm not in ARMS:
-        raise InputError(path, f"bundle of unknown model arm {arm!r}; expected one of {', '.join(ARMS)}")
+    if arm not in arm_names():
+        raise InputError(path, f"bundle of unknown model arm {arm!r}; expected one of {', '.join(arm_names())}")
     if not isinstance(manifest.get("files"), dict) or "config.yaml" not in manifest["files"]:
         raise InputError(path, f"{MANIFEST} has no file manifest with config.yaml")
     made = manifest.get("versions") or {}
     have = package_versions()
-    needed = ["thoraxseg", "torch"] + (["nnunetv2"] if arm == "nnunet3d" else [])
+    needed = list(get_arm(arm).packages)
     have["thoraxseg"] = __version__
     for dist in needed:
         want, got = str(made.get(dist, "?")), have.get(dist, "not installed")

@@ -26,16 +26,11 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
+from thoraxseg.data.overlap import NAN, overlap_metrics
+from thoraxseg.errors import ConfigError
 from thoraxseg.labels import ORGANS, label_name
-from thoraxseg.metrics.overlap import NAN, overlap_metrics
+from thoraxseg.metrics.spec import DISTANCE_METRICS, METRIC_NAMES
 from thoraxseg.metrics.surface import SurfacePoints, distance_metrics, extract_surfaces
-
-#: Metric names in CSV order (after ``patient,organ``).
-METRIC_NAMES: tuple[str, ...] = (
-    "dice", "iou", "precision", "recall", "hd", "hd95", "assd", "nsd", "vol_gt_ml", "vol_pred_ml",
-)
-#: Distance metrics (NaN when either mask is empty).
-DISTANCE_METRICS: tuple[str, ...] = ("hd", "hd95", "assd")
 
 Box = tuple[slice, slice, slice]
 
@@ -174,7 +169,7 @@ def compute_metrics(
     if not all(np.isfinite(s) and s > 0 for s in sp):
         raise ValueError(f"spacing must be positive and finite, got {sp}")
     if not (np.isfinite(tolerance_mm) and tolerance_mm >= 0):
-        raise ValueError(f"tolerance_mm must be >= 0, got {tolerance_mm}")
+        raise ConfigError(f"tolerance_mm must be a finite number of mm >= 0, got {tolerance_mm}")
     codes = [int(c) for c in organs]
     voxel_ml = sp[0] * sp[1] * sp[2] / 1000.0
     boxes_gt = label_boxes(gt_labels, codes)

@@ -29,9 +29,10 @@ from rich.table import Table
 
 from thoraxseg.data.layout import discover_cases
 from thoraxseg.data.volume import Volume, is_nifti, load_label, same_geometry
-from thoraxseg.errors import InputError
+from thoraxseg.errors import ConfigError, InputError
 from thoraxseg.labels import NUM_CLASSES, ORGAN_NAMES, ORGANS
-from thoraxseg.metrics.engine import DISTANCE_METRICS, METRIC_NAMES, compute_metrics
+from thoraxseg.metrics.engine import compute_metrics
+from thoraxseg.metrics.spec import DISTANCE_METRICS, METRIC_NAMES
 from thoraxseg.utils.atomic import atomic_path
 from thoraxseg.utils.progress import make_progress
 
@@ -197,7 +198,7 @@ def evaluate_folders(gt: str | Path, pred: str | Path, tolerance_mm: float = 2.0
         any metric is computed.
     """
     if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
-        raise ValueError(f"tolerance_mm must be a finite number >= 0, got {tolerance_mm}")
+        raise ConfigError(f"tolerance_mm must be a finite number of mm >= 0, got {tolerance_mm}")
     pairs = find_pairs(gt, pred)
     validate_pairs(pairs)
     per_case = _run(pairs, float(tolerance_mm), int(workers))

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from thoraxseg.arms.curves import plot_curves
 from thoraxseg.data.layout import discover_cases, labelled_cases
 from thoraxseg.data.volume import Volume, load_image, save_label
 from thoraxseg.errors import ConfigError, InputError
@@ -49,162 +50,25 @@ from thoraxseg.nnunet.plans import (
     CONFIGURATION,
     CPU_PLAN,
     LEGACY_CPU_PLAN,
-    PLAN_CHOICES,
     CpuPlan,
     plan_and_preprocess,
     plans_identifier,
     write_splits,
 )
-from thoraxseg.nnunet.runlog import plot_curves, read_log_csv, rows_from_logger, write_log_csv
-from thoraxseg.utils.atomic import write_json_atomic, write_text_atomic
+from thoraxseg.nnunet.runlog import read_log_csv, rows_from_logger, write_log_csv
+from thoraxseg.nnunet.settings import (
+    IDENTITY_KEYS,
+    MODEL,
+    resolve_settings,
+)
+from thoraxseg.utils.atomic import removed_on_failure, write_json_atomic, write_text_atomic
 from thoraxseg.utils.progress import err_console, make_progress, track
-from thoraxseg.utils.yamlfile import read_yaml_mapping
 
-MODEL = "nnunet3d"
 TRAINER_NAME = "ThoraxsegTrainer"
 FOLD_LOG = "thoraxseg_log.csv"
 PREPARED_MARKER = "prepared.json"
 #: ``curves.png`` is redrawn after an epoch at most this often (s), and after the last epoch.
 CURVES_EVERY_S = 30.0
-
-#: (epochs, iterations per epoch, validation iterations per epoch) when not given.
-RUN_LENGTH: dict[str, tuple[int, int, int]] = {
-    "default": (1000, 250, 50),  # nnU-Net's own
-    # 2400 steps of CPU_PLAN, ~9 min on 2 cores: all four organs on the small phantom (README, CPU plans)
-    "cpu": (60, 40, 4),
-}
-
-#: Settings a config file/dict may hold (``model`` and the derived ``resolved``/``versions`` are also accepted).
-DEFAULTS: dict[str, Any] = {
-    "folds": "0",
-    "plans": "default",
-    "device": "cpu",
-    "seed": 0,
-    "epochs": None,
-    "iterations_per_epoch": None,
-    "val_iterations_per_epoch": None,
-    "dataset_id": 55,
-    "dataset_name": "SegTHOR",
-    "export_mode": "copy",
-    "num_workers": None,
-    "num_processes": None,
-    "pools": None,
-    "save_every": 1,
-    "initial_lr": None,
-    "batch_size": None,
-    "cpu_plan": None,
-    "oversample_foreground": None,
-    "final_validation": None,
-    "check_integrity": True,
-    "verbose": False,
-}
-_IGNORED_KEYS = {"model", "data", "out", "resolved", "versions", "created"}
-#: Settings that define a run; a rerun into the same RUN must not change them.
-_IDENTITY_KEYS = ("plans", "dataset_id", "dataset_name", "cpu_plan")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# settings
-
-
-def parse_folds(folds: str | int | Sequence[int | str]) -> list[int | str]:
-    """Folds to train: ``0``, ``"0,2"``, ``"0-4"``, ``"all"`` (nnU-Net's fold on all cases) or a list.
-
-    >>> parse_folds("0-2"), parse_folds("all"), parse_folds(3), parse_folds("1,all")
-    ([0, 1, 2], ['all'], [3], [1, 'all'])
-    """
-    items: list[int | str] = []
-    parts: Sequence[Any] = folds.split(",") if isinstance(folds, str) else (
-        [folds] if isinstance(folds, int) else list(folds))
-    for part in parts:
-        text = str(part).strip()
-        if text == "all":
-            items.append("all")
-        elif "-" in text:
-            lo, _, hi = text.partition("-")
-            if not (lo.isdigit() and hi.isdigit()) or int(lo) > int(hi):
-                raise ConfigError(f"bad fold range {text!r}")
-            items.extend(range(int(lo), int(hi) + 1))
-        elif text.isdigit():
-            items.append(int(text))
-        else:
-            raise ConfigError(f"folds must be integers, ranges like 0-4, or 'all'; got {part!r}")
-    if not items:
-        raise ConfigError("no fold given")
-    return list(dict.fromkeys(items))
-
-
-def _load_config(config: Mapping[str, Any] | str | Path | None) -> dict[str, Any]:
-    if config is None:
-        return {}
-    if isinstance(config, str | Path):
-        config = read_yaml_mapping(config, error=InputError)
-    cfg = dict(config)
-    for section in ("nnunet3d", "nnunet"):
-        if isinstance(cfg.get(section), Mapping):
-            cfg.update(cfg.pop(section))
-    model = cfg.get("model", MODEL)
-    if model != MODEL:
-        raise ConfigError(f"config is for model {model!r}, not {MODEL}")
-    unknown = sorted(set(cfg) - set(DEFAULTS) - _IGNORED_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown nnunet3d setting(s): {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
-    return {k: v for k, v in cfg.items() if k in DEFAULTS}
-
-
-def resolve_settings(config: Mapping[str, Any] | str | Path | None = None, **explicit: Any) -> dict[str, Any]:
-    """Merge defaults < config < explicit arguments (None = not given) and fill plan-dependent defaults.
-
-    >>> s = resolve_settings(None, plans="cpu", folds="all")
-    >>> s["folds"], s["epochs"], s["iterations_per_epoch"], s["num_workers"], s["pools"], s["final_validation"]
-    (['all'], 60, 40, 0, 'thread', False)
-    """
-    s = dict(DEFAULTS)
-    s.update(_load_config(config))
-    s.update({k: v for k, v in explicit.items() if v is not None})
-    if s["plans"] not in PLAN_CHOICES:
-        raise ConfigError(f"plans must be one of {', '.join(PLAN_CHOICES)}, got {s['plans']!r}")
-    if s["device"] == "cuda:0":
-        s["device"] = "cuda"
-    if s["device"] not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be cpu or cuda for nnunet3d training, got {s['device']!r} "
-                          "(nnU-Net trains on the first visible GPU; pick one with CUDA_VISIBLE_DEVICES=N)")
-    s["folds"] = parse_folds(s["folds"])
-    epochs, iters, val_iters = RUN_LENGTH[s["plans"]]
-    s["epochs"] = int(s["epochs"] if s["epochs"] is not None else epochs)
-    s["iterations_per_epoch"] = int(s["iterations_per_epoch"] or iters)
-    s["val_iterations_per_epoch"] = int(s["val_iterations_per_epoch"] or val_iters)
-    for key in ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "save_every"):
-        if int(s[key]) < 1:
-            raise ConfigError(f"{key} must be >= 1, got {s[key]}")
-    if s["num_workers"] is None:
-        s["num_workers"] = 0 if s["device"] == "cpu" else None  # None: nnU-Net's own on CUDA
-    s["num_processes"] = int(s["num_processes"] or default_processes())
-    if s["pools"] is None:
-        s["pools"] = "thread" if s["device"] == "cpu" else "process"
-    if s["pools"] not in ("thread", "process"):
-        raise ConfigError(f"pools must be thread or process, got {s['pools']!r}")
-    if s["final_validation"] is None:  # nnU-Net's whole-volume validation with mirroring: minutes on a CPU
-        s["final_validation"] = s["plans"] != "cpu"
-    s["final_validation"] = bool(s["final_validation"])
-    if s["oversample_foreground"] is None:
-        # nnU-Net's 0.33 (with batch 2: one patch on an organ, one anywhere). Not more on CPU either: with
-        # every patch on an organ (1.0) the small CPU patch learns faster, but never sees the thorax far from
-        # the organs and predicts large false organs there on whole volumes.
-        s["oversample_foreground"] = 0.33
-    if not 0 <= float(s["oversample_foreground"]) <= 1:
-        raise ConfigError(f"oversample_foreground must be in [0, 1], got {s['oversample_foreground']}")
-    s["oversample_foreground"] = float(s["oversample_foreground"])
-    # None: the run's own plan when continuing one (see _start), else CPU_PLAN
-    s["cpu_plan"] = None if s["cpu_plan"] is None else CpuPlan.from_settings(s["cpu_plan"]).as_dict()
-    if s["plans"] != "cpu" and s["cpu_plan"] is not None:
-        raise ConfigError(f"cpu_plan is a setting of --plans cpu; it does nothing with plans {s['plans']!r}")
-    s["seed"] = int(s["seed"])
-    s["dataset_id"] = int(s["dataset_id"])
-    s["dataset_name"] = str(s["dataset_name"])
-    dataset_folder_name(s["dataset_id"], s["dataset_name"])  # validates
-    return s
-
 
 def _torch_device(device: str) -> Any:
     import torch
@@ -241,7 +105,7 @@ def read_run_config(run: str | Path) -> dict[str, Any]:
     InputError
         Missing/unreadable file or another model.
     """
-    from thoraxseg.inference import load_run_config
+    from thoraxseg.arms.runs import load_run_config
 
     path = Path(run) / "config.yaml"
     cfg = load_run_config(run)
@@ -319,7 +183,8 @@ def _write_run_log(run: Path, results: Path, plot: bool = True) -> None:
         rows.extend(read_log_csv(results / f"fold_{fold}" / FOLD_LOG))
     write_log_csv(run / "log.csv", rows)
     if rows and plot:
-        plot_curves(rows, run / "curves.png")
+        plot_curves(rows, run / "curves.png", title="nnU-Net 3d_fullres", loss_label="loss (Dice + CE, deep supervision)",
+                    dice_label="validation pseudo Dice")
 
 
 def _validation_summary(results: Path) -> dict[str, Any]:
@@ -370,7 +235,7 @@ def _train_fold(fold: int | str, s: dict[str, Any], pre: Path, ident: str, run: 
     cudnn = torch.backends.cudnn
     saved = (cudnn.benchmark, cudnn.deterministic)
     try:
-        if s["device"] == "cuda":
+        if s["device"].startswith("cuda"):
             cudnn.benchmark, cudnn.deterministic = True, False
         _run_trainer(fold, s, plans, dataset_json, ckpt, run, results, record)
     finally:
@@ -380,11 +245,19 @@ def _train_fold(fold: int | str, s: dict[str, Any], pre: Path, ident: str, run: 
 def _run_trainer(fold: int | str, s: dict[str, Any], plans: dict[str, Any], dataset_json: dict[str, Any],
                  ckpt: Path | None, run: Path, results: Path,
                  record: Callable[[int | str, int | str], None]) -> None:
+    import torch
+
     from thoraxseg.nnunet.trainer import ThoraxsegTrainer
 
     fold_dir = results / f"fold_{fold}"
+    device = _torch_device(s["device"])
     trainer = ThoraxsegTrainer(plans=plans, configuration=CONFIGURATION, fold=fold, dataset_json=dataset_json,
-                               device=_torch_device(s["device"]))
+                               device=device)
+    if device.type == "cuda" and device.index is not None:
+        # nnU-Net's trainer always picks cuda:0 (it expects CUDA_VISIBLE_DEVICES); cuda:N is honoured here,
+        # before initialize() builds the network on trainer.device
+        torch.cuda.set_device(device)
+        trainer.device = device
 
     last_plot = [time.monotonic()]
 
@@ -473,7 +346,7 @@ def _start(data: str | Path, out: str | Path, config: Mapping[str, Any] | str | 
     if s["plans"] == "cpu" and s["cpu_plan"] is None:  # a run continues with the plan it was made with
         s["cpu_plan"] = (old or {}).get("cpu_plan") or CPU_PLAN.as_dict()
     if old is not None:
-        diff = [k for k in _IDENTITY_KEYS if old.get(k) != s[k]]
+        diff = [k for k in IDENTITY_KEYS if old.get(k) != s[k]]
         if old.get("data") != str(data_path):
             diff.append("data")
         if diff:
@@ -509,6 +382,11 @@ def _prepare_run(data: Path, run: Path, s: dict[str, Any], paths: NnunetPaths) -
     return pre, results
 
 
+def _kept_when_prepared(run: Path) -> contextlib.AbstractContextManager[Path]:
+    """A new run folder is removed again when the call fails before nnU-Net's preparation completed."""
+    return removed_on_failure(run, keep=lambda r: (r / "nnunet" / PREPARED_MARKER).is_file())
+
+
 def _environment(run: Path, s: dict[str, Any]) -> contextlib.AbstractContextManager[NnunetPaths]:
     return nnunet_environment(run / "nnunet", num_processes=s["num_processes"],
                               compile_network=False if s["device"] == "cpu" else None)
@@ -527,7 +405,8 @@ def prepare_nnunet(
     the preparation done. Arguments as for :func:`train_nnunet`. Returns the run folder.
     """
     data_path, run, s = _start(data, out, config, {"plans": plans, **overrides})
-    with _environment(run, s) as paths, _quiet(paths.root / "nnunet_stdout.log", s["verbose"]):
+    with _kept_when_prepared(run), _environment(run, s) as paths, \
+            _quiet(paths.root / "nnunet_stdout.log", s["verbose"]):
         _prepare_run(data_path, run, s, paths)
     return run
 
@@ -555,12 +434,13 @@ def train_nnunet(
         different folds into one ``RUN`` at the same time (preparation runs once, under a lock).
     config
         Settings as a mapping or a YAML file (a previous ``RUN/config.yaml`` works); explicit
-        arguments win. Keys: see :data:`DEFAULTS`.
+        arguments win. Keys: :class:`~thoraxseg.nnunet.settings.NnunetSettings`.
     folds
         ``"0"`` (default), ``"0,1"``, ``"0-4"``, or ``"all"`` (nnU-Net's fold trained on every case,
         whose validation is then on training cases).
     epochs, iterations_per_epoch
-        Run length; default nnU-Net's 1000 × 250 for ``plans="default"``, see :data:`RUN_LENGTH`
+        Run length; default nnU-Net's 1000 × 250 for ``plans="default"``, see
+        :data:`~thoraxseg.nnunet.settings.RUN_LENGTH`
         for ``"cpu"``.
     plans
         ``"default"`` (nnU-Net's plan, for a GPU) or ``"cpu"`` (reduced network and patch, see
@@ -570,7 +450,8 @@ def train_nnunet(
     seed
         Seeds network initialisation and every epoch's sampling/augmentation (default 0).
     **overrides
-        Any other key of :data:`DEFAULTS` (``val_iterations_per_epoch``, ``num_workers``, ...).
+        Any other setting of :class:`~thoraxseg.nnunet.settings.NnunetSettings`
+        (``val_iterations_per_epoch``, ``num_workers``, ...).
 
     Returns
     -------
@@ -582,7 +463,8 @@ def train_nnunet(
         "device": device, "seed": seed, **overrides})
     started = _dt.datetime.now().isoformat(timespec="seconds")
     session: dict[str, Any] = {"id": f"{started}/{os.getpid()}", "started": started, "folds": {}}
-    with _environment(run, s) as paths, _quiet(paths.root / "nnunet_stdout.log", s["verbose"]):
+    with _kept_when_prepared(run), _environment(run, s) as paths, \
+            _quiet(paths.root / "nnunet_stdout.log", s["verbose"]):
         pre, results = _prepare_run(data_path, run, s, paths)
         sessions_path = paths.root / "sessions.json"
 
@@ -600,6 +482,47 @@ def train_nnunet(
         if summary:
             write_json_atomic(run / "validation.json", summary)
     return run
+
+
+def files_nnunet(run: Path, cfg: dict[str, Any]) -> dict[str, Path]:
+    """The files a model bundle packs (:meth:`thoraxseg.arms.Arm.files`): nnU-Net's own model folder.
+
+    Plans, dataset JSONs and each trained fold's checkpoint, named relative to the run folder.
+    """
+    from thoraxseg.nnunet.trainer import find_checkpoint
+
+    rel = Path(cfg.get("resolved", {}).get("results_folder", ""))
+    results = run / rel
+    if not rel.parts or not (results / "plans.json").is_file():
+        raise InputError(results / "plans.json", "file not found (nnU-Net model folder missing; train it first)")
+    files: dict[str, Path] = {}
+    for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
+        if (results / name).is_file():
+            files[(rel / name).as_posix()] = results / name
+    folds = 0
+    for fold in trained_folds(results):
+        ckpt = find_checkpoint(results / f"fold_{fold}")
+        if ckpt is not None:
+            files[(rel / f"fold_{fold}" / ckpt.name).as_posix()] = ckpt
+            folds += 1
+    if not folds:
+        raise InputError(results, "no trained fold (checkpoint_*.pth) in the nnU-Net model folder")
+    return files
+
+
+def facts_nnunet(run: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """nnU-Net: the plan's spacing, patch, normalisation and intensity statistics."""
+    plans = json.loads((run / cfg["resolved"]["results_folder"] / "plans.json").read_text())
+    conf = plans.get("configurations", {}).get("3d_fullres", {})
+    return {"configuration": "3d_fullres", "spacing_mm": conf.get("spacing"), "patch_size": conf.get("patch_size"),
+            "normalization": conf.get("normalization_schemes"),
+            "intensity": plans.get("foreground_intensity_properties_per_channel")}
+
+
+def train_nnunet_arm(name: str, data: Path, out: Path, config: Mapping[str, Any] | str | Path | None = None,
+                     epochs: int | None = None, device: str = "cpu", **settings: Any) -> Path:
+    """The ``nnunet3d`` arm's training entry (:class:`thoraxseg.arms.Arm`): :func:`train_nnunet`."""
+    return train_nnunet(data, out, config=config, epochs=epochs, device=device, **settings)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -706,7 +629,6 @@ def predict_nnunet(
     folds: Sequence[int | str] | None = None,
     checkpoint: str | None = None,
     verbose: bool = False,
-    **unused: Any,
 ) -> list[Path]:
     """Segment every case under ``images`` with a trained nnunet3d run.
 
@@ -724,7 +646,7 @@ def predict_nnunet(
         Sliding-window step as a fraction of the patch (nnU-Net's ``tile_step_size``; 0.5 = half overlap).
     postprocess
         Keep only the largest connected component of each organ
-        (:func:`thoraxseg.inference.postprocess.keep_largest_component`).
+        (:func:`thoraxseg.data.postprocess.keep_largest_component`).
     device
         ``"cpu"`` or ``"cuda"``.
     folds
@@ -732,19 +654,13 @@ def predict_nnunet(
     checkpoint
         ``"final"``, ``"latest"`` or ``"best"`` to prefer that checkpoint (default: final, else
         latest, else best).
-    **unused
-        Options of the 2D arms; any other than None is an error.
-
     Returns
     -------
     list of Path
         Written files, in case order.
     """
-    from thoraxseg.inference.postprocess import keep_largest_component
+    from thoraxseg.data.postprocess import keep_largest_component
 
-    extra = sorted(k for k, v in unused.items() if v is not None)
-    if extra:
-        raise ConfigError(f"option(s) {', '.join(extra)} do not apply to nnunet3d prediction")
     run = Path(run)
     read_run_config(run)
     cases = discover_cases(images)

@@ -139,19 +139,6 @@ class NnunetPaths:
             p.mkdir(parents=True, exist_ok=True)
 
 
-def default_workers(device: str) -> int:
-    """Default number of nnU-Net data-augmentation workers (``nnUNet_n_proc_DA``).
-
-    0 on CPU (augmentation runs in the training process: deterministic, and no
-    spare cores to give on a laptop); nnU-Net's own choice on CUDA.
-    """
-    if device == "cpu":
-        return 0
-    from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-
-    return int(get_allowed_n_proc_DA())
-
-
 def default_processes() -> int:
     """Worker processes for preprocessing and validation export: ``min(8, CPU count)``."""
     return max(1, min(8, os.cpu_count() or 1))

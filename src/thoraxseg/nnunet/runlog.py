@@ -22,12 +22,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from thoraxseg.labels import ORGAN_NAMES
-from thoraxseg.utils.atomic import atomic_path, write_text_atomic
+from thoraxseg.utils.atomic import write_text_atomic
 
 #: Columns of ``RUN/log.csv`` (contract columns, then the nnU-Net fold).
 LOG_COLUMNS: tuple[str, ...] = (
@@ -91,34 +91,3 @@ def read_log_csv(path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "nnU-Net 3d_fullres") -> None:
-    """Loss and validation pseudo-Dice curves per fold, written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    def col(fold_rows: Sequence[dict[str, Any]], key: str) -> list[float]:
-        return [float(r[key]) if r.get(key) not in ("", None) else math.nan for r in fold_rows]
-
-    folds: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        folds.setdefault(str(r.get("fold", "0")), []).append(r)
-    with plt.style.context("default"):  # nnU-Net's logger calls seaborn.set(); do not inherit it
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-        for fold, fr in folds.items():
-            ep = [int(float(r["epoch"])) for r in fr]
-            sfx = f" (fold {fold})" if len(folds) > 1 else ""
-            ax1.plot(ep, col(fr, "train_loss"), label=f"train{sfx}")
-            ax1.plot(ep, col(fr, "val_loss"), "--", label=f"validation{sfx}")
-            for name in ORGAN_NAMES:
-                ax2.plot(ep, col(fr, f"val_dice_{name}"), lw=1, label=f"{name}{sfx}")
-            ax2.plot(ep, col(fr, "val_dice_mean"), "k", lw=2, label=f"mean{sfx}")
-        ax1.set(xlabel="epoch", ylabel="loss (Dice + CE, deep supervision)", title=f"{title}: loss")
-        ax2.set(xlabel="epoch", ylabel="validation pseudo Dice", ylim=(0, 1), title=f"{title}: validation Dice")
-        ax1.legend(fontsize=8)
-        ax2.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)

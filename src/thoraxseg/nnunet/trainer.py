@@ -146,15 +146,20 @@ class ThoraxsegTrainer(nnUNetTrainer):
 
 
 CHECKPOINTS: tuple[str, ...] = ("final", "latest", "best")
+#: The names every arm accepts (``--checkpoint``): ``best``, and ``last`` = the newest of final/latest.
+COMMON_CHECKPOINTS: tuple[str, ...] = ("best", "last")
 
 
 def find_checkpoint(fold_folder: Path, prefer: str | None = None, newest: bool = False) -> Path | None:
     """The checkpoint to predict with or continue from: final, else latest, else best (nnU-Net's order).
 
-    ``prefer`` (``"final"``, ``"latest"`` or ``"best"``) is tried first. With ``newest``, the more
+    ``prefer`` (``"best"``, ``"last"`` — the 2D arms' names, ``last`` being the newer of final and
+    latest — or nnU-Net's ``"final"``, ``"latest"``) is tried first. With ``newest``, the more
     recently written of final and latest wins (a finished run being extended to more epochs keeps
     its old ``checkpoint_final.pth`` while ``checkpoint_latest.pth`` moves on).
     """
+    if prefer == "last":
+        prefer, newest = None, True
     if newest and prefer is None:
         present = [p for n in ("final", "latest") if (p := Path(fold_folder) / f"checkpoint_{n}.pth").is_file()]
         if present:
@@ -162,7 +167,8 @@ def find_checkpoint(fold_folder: Path, prefer: str | None = None, newest: bool =
     order = list(CHECKPOINTS)
     if prefer is not None:
         if prefer not in CHECKPOINTS:
-            raise ConfigError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {prefer!r}")
+            raise ConfigError(f"checkpoint must be one of {', '.join((*COMMON_CHECKPOINTS, 'final', 'latest'))}, "
+                              f"got {prefer!r}")
         order.remove(prefer)
         order.insert(0, prefer)
     for name in (f"checkpoint_{n}.pth" for n in order):

@@ -53,9 +53,9 @@ from typing import Any
 import numpy as np
 
 from thoraxseg.data.check import label_air_fraction
+from thoraxseg.data.overlap import dice
 from thoraxseg.labels import ORGANS, Organ, label_name
 from thoraxseg.metrics.engine import compute_metrics
-from thoraxseg.metrics.overlap import overlap_metrics
 from thoraxseg.realign.estimate import APPLY_MODE, estimate_matrix
 from thoraxseg.realign.geometry import centroid, move_label_cropped, rotation_parameters
 
@@ -134,10 +134,6 @@ def _mean_move_mm(mask: np.ndarray, matrix: np.ndarray, spacing: np.ndarray) -> 
     inv = np.linalg.inv(matrix)
     moved = pts @ inv[:3, :3].T + inv[:3, 3]
     return float(np.mean(np.linalg.norm((moved - pts) * spacing, axis=1)))
-
-
-def _dice(a: np.ndarray, b: np.ndarray, voxel_ml: float) -> float:
-    return overlap_metrics(int(np.count_nonzero(a & b)), int(a.sum()), int(b.sum()), voxel_ml)["dice"]
 
 
 def assess_case(
@@ -241,13 +237,13 @@ def assess_case(
 def _swap_partner(c: int, codes: list[int], lab: dict[int, np.ndarray], ref: dict[int, np.ndarray],
                   present: dict[int, bool], g: Gate, voxel_ml: float) -> int | None:
     """The organ whose code this label was exchanged with, or None."""
-    own = _dice(lab[c], ref[c], voxel_ml)
+    own = dice(lab[c], ref[c])
     for o in codes:
         if o == c or not present[o] or not lab[o].any():
             continue
-        cross = _dice(lab[c], ref[o], voxel_ml)
-        back = _dice(lab[o], ref[c], voxel_ml)
-        if cross >= g.fit_dice[o] and cross > own and back >= g.fit_dice[c] and back > _dice(lab[o], ref[o], voxel_ml):
+        cross = dice(lab[c], ref[o])
+        back = dice(lab[o], ref[c])
+        if cross >= g.fit_dice[o] and cross > own and back >= g.fit_dice[c] and back > dice(lab[o], ref[o]):
             return o
     return None
 

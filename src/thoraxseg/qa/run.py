@@ -133,7 +133,7 @@ def _validate(data: Path, run: Path | None, reference: Path | None, cross_valida
         raise InputError(out, "give exactly one reference: --run RUN, --reference PRED_DIR or --cross-validate K")
     cases = labelled_cases(data)
     if run is not None:
-        from thoraxseg.inference import load_run_config
+        from thoraxseg.arms.runs import load_run_config
 
         load_run_config(run)
     if reference is not None:

@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from thoraxseg.data.overlap import iou
 from thoraxseg.data.phantom import PhantomCase, corruption_matrix, generate_case
 from thoraxseg.data.volume import save_label, save_volume
 from thoraxseg.labels import Organ, label_name
 from thoraxseg.realign.estimate import APPLY_MODE
-from thoraxseg.realign.geometry import centroid, iou, move_label_cropped, rigid_voxel_matrix
+from thoraxseg.realign.geometry import centroid, move_label_cropped, rigid_voxel_matrix
 from thoraxseg.utils.atomic import atomic_dir, write_json_atomic
 
 #: Organs that :func:`misplaced_cohort` moves.

@@ -2,8 +2,9 @@
 
 Modules (imported on demand; nothing heavy is imported here):
 
-* :mod:`~thoraxseg.realign.transforms` — the course corruption ``M = C R C⁻¹ T`` and mask resampling
-  (``scipy.ndimage.affine_transform`` convention: output voxel → input voxel);
+* (below this package, in :mod:`~thoraxseg.data.transforms`: the course corruption ``M = C R C⁻¹ T`` and
+  mask resampling, ``scipy.ndimage.affine_transform`` convention: output voxel → input voxel — the
+  phantom generator needs them too);
 * :mod:`~thoraxseg.realign.geometry` — rigid parametrisation, cropped resampling, angles, world matrices;
 * :mod:`~thoraxseg.realign.estimate` — ``estimate_transform(moved, clean, label=2, method="sweep")``
   → the ``fix.json`` content (``sweep`` or ``elastix``);

@@ -1,10 +1,10 @@
 """Reproduce the SegTHOR course's label corruption on any dataset (for testing and teaching).
 
 Every ``GT.nii.gz`` gets one label moved by the course transform
-``M = C R(φ) C⁻¹ T`` (see :mod:`thoraxseg.realign.transforms`), exactly as the course did it:
+``M = C R(φ) C⁻¹ T`` (see :mod:`thoraxseg.data.transforms`), exactly as the course did it:
 ``scipy.ndimage.affine_transform(mask, M, order=0)`` with scipy's default ``constant`` mode.
 Centre and shift are given on the 512×512 in-plane grid and scaled to each patient's grid with
-:func:`~thoraxseg.realign.transforms.grid_scale`. Where the moved label lands on another organ the
+:func:`~thoraxseg.data.transforms.grid_scale`. Where the moved label lands on another organ the
 other organ keeps its voxels. The untouched label is kept as ``GT_clean.nii.gz`` for the first
 patient (the reference pair, like patient 27 of the course), for all, or for none, and
 ``corruption.json`` at the output root records the parameters and, per patient, the exact
@@ -21,16 +21,16 @@ from typing import Any
 import numpy as np
 
 from thoraxseg.data.layout import CLEAN_LABEL_NAME, Case
-from thoraxseg.data.volume import load_label, save_label
-from thoraxseg.realign.dataset import output_path, rewrite_dataset
-from thoraxseg.realign.geometry import move_label_cropped
-from thoraxseg.realign.transforms import (
+from thoraxseg.data.transforms import (
     COURSE_CENTER,
     COURSE_ROTATION_DEG,
     COURSE_SHIFT,
     course_matrix,
     grid_scale,
 )
+from thoraxseg.data.volume import load_label, save_label
+from thoraxseg.realign.dataset import output_path, rewrite_dataset
+from thoraxseg.realign.geometry import move_label_cropped
 from thoraxseg.utils.atomic import write_json_atomic
 
 #: Choices for which patients keep a clean copy of their label.

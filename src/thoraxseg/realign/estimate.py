@@ -35,7 +35,7 @@ The result is the content of ``fix.json`` (see :func:`estimate_transform`).
 Examples
 --------
 >>> import numpy as np
->>> from thoraxseg.realign.transforms import course_matrix, transform_mask
+>>> from thoraxseg.data.transforms import course_matrix, transform_mask
 >>> x, y, z = np.mgrid[:64, :64, :24]
 >>> clean = (((x - 30) / 14) ** 2 + ((y - 34) / 9) ** 2 + ((z - 12) / 7) ** 2 < 1) | (
 ...     ((x - 40) / 5) ** 2 + ((y - 28) / 5) ** 2 + ((z - 12) / 5) ** 2 < 1)
@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, optimize
 
+from thoraxseg.data.overlap import iou
 from thoraxseg.data.volume import Volume, load_label, same_geometry
 from thoraxseg.errors import InputError
 from thoraxseg.labels import label_name
@@ -67,7 +68,6 @@ from thoraxseg.realign.geometry import (
     centroid,
     displacement_at,
     expand_bbox,
-    iou,
     mask_bbox,
     mm_frame_matrix,
     rigid_voxel_matrix,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from thoraxseg.data.volume import Volume, load_image, load_label
+from thoraxseg.data.volume import Volume, load_image, load_label, to_ras
 from thoraxseg.labels import label_name
 from thoraxseg.realign.geometry import centroid, mask_bbox
 from thoraxseg.utils.atomic import atomic_path
@@ -32,18 +32,6 @@ def _as_array(v: VolumeLike | None, loader: object, affine: np.ndarray | None) -
         return v.array, v.affine
     vol = loader(v)  # type: ignore[operator]
     return vol.array, vol.affine
-
-
-def _to_ras(arr: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reorient an ``(x, y, z)`` array to RAS+ axes; returns the array and its voxel spacing (mm)."""
-    import nibabel as nib
-
-    ornt = nib.orientations.io_orientation(affine)
-    out = nib.orientations.apply_orientation(arr, ornt)
-    # input axis i becomes output (RAS) axis ornt[i, 0]
-    order = np.argsort(ornt[:, 0])
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)[order]
-    return out, spacing
 
 
 def overlay_png(
@@ -102,8 +90,9 @@ def overlay_png(
             if arr.shape != ct.shape:
                 raise ValueError(f"{name} label shape {arr.shape} differs from image shape {ct.shape}")
             layers[name] = arr == label
-    ct_ras, spacing = _to_ras(ct, affine)
-    masks = {k: _to_ras(v, affine)[0] for k, v in layers.items()}
+    ct_ras, ras_spacing = to_ras(ct, affine)
+    spacing = np.asarray(ras_spacing)  # mm per RAS voxel axis
+    masks = {k: to_ras(v, affine)[0] for k, v in layers.items()}
     ref = next((masks[k] for k in ("clean", "after", "before") if k in masks and masks[k].any()), None)
     center = np.rint(centroid(ref)).astype(int) if ref is not None else np.asarray(ct_ras.shape) // 2
 

@@ -1,6 +1,6 @@
 """Geometry of rigid label transforms: parametrisation, cropped resampling, angles, world matrices.
 
-Conventions (shared with :mod:`thoraxseg.realign.transforms`):
+Conventions (shared with :mod:`thoraxseg.data.transforms`):
 
 * voxel coordinates are ``(x, y, z)`` in NIfTI order; a voxel's centre is its integer index;
 * a 4×4 matrix ``F`` maps an **output** voxel to the **input** voxel it samples,
@@ -31,6 +31,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
+
+from thoraxseg.data.overlap import iou
 
 Bbox = tuple[np.ndarray, np.ndarray]
 
@@ -79,7 +81,7 @@ def centroid(mask: np.ndarray) -> np.ndarray:
 
 
 def transform_mask_cropped(mask: np.ndarray, matrix: np.ndarray, mode: str = "constant") -> np.ndarray:
-    """:func:`~thoraxseg.realign.transforms.transform_mask`, computed only where it can be non-zero.
+    """:func:`~thoraxseg.data.transforms.transform_mask`, computed only where it can be non-zero.
 
     Resamples ``mask`` through ``matrix`` (output voxel → input voxel, nearest neighbour,
     outside = False) on the same grid, but runs :func:`scipy.ndimage.affine_transform` only on the
@@ -126,7 +128,7 @@ def transform_mask_cropped(mask: np.ndarray, matrix: np.ndarray, mode: str = "co
 
 def move_label_cropped(labels: np.ndarray, label: int, matrix: np.ndarray, mode: str = "constant"
                        ) -> tuple[np.ndarray, int]:
-    """:func:`~thoraxseg.realign.transforms.move_label` using :func:`transform_mask_cropped`.
+    """:func:`~thoraxseg.data.transforms.move_label` using :func:`transform_mask_cropped`.
 
     Returns the new label array (other labels keep every voxel; where the moved label lands on
     another organ, that organ wins) and the number of such overlapping voxels. ``mode`` as in
@@ -190,7 +192,7 @@ def rotation_parameters(matrix: np.ndarray, spacing: Sequence[float]) -> tuple[f
         Unit rotation axis ``(x, y, z)`` in the mm frame along the voxel axes (``z`` = slice axis).
     inplane_deg
         Signed rotation in the x–y (transverse) plane, ``atan2(R[1,0], R[0,0])`` in degrees —
-        the sign convention of :func:`~thoraxseg.realign.transforms.rotation_matrix_z`.
+        the sign convention of :func:`~thoraxseg.data.transforms.rotation_matrix_z`.
     """
     rot = nearest_rotation(mm_frame_matrix(matrix, spacing)[:3, :3])
     rv = Rotation.from_matrix(rot).as_rotvec()
@@ -237,19 +239,6 @@ def translation_error_vox(estimate: np.ndarray, truth: np.ndarray, point: Sequen
     """Distance (voxels) between where ``estimate`` and ``truth`` send ``point``: ``|F̂p − Fp|``."""
     p = np.r_[np.asarray(point, dtype=np.float64), 1.0]
     return float(np.linalg.norm((np.asarray(estimate) @ p - np.asarray(truth) @ p)[:3]))
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two boolean masks (NaN when both are empty).
-
-    >>> a = np.zeros(10, bool); a[:4] = True
-    >>> b = np.zeros(10, bool); b[2:6] = True
-    >>> round(iou(a, b), 4)
-    0.3333
-    """
-    inter = int(np.count_nonzero(a & b))
-    union = int(np.count_nonzero(a | b))
-    return float("nan") if union == 0 else inter / union
 
 
 # Directions (mm frame) along which :func:`identifiable_rotation_deg` scans: the three axes, both

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from thoraxseg.data.overlap import iou
 from thoraxseg.labels import LABEL_COLORS, ORGAN_NAMES, ORGANS, Organ
 from thoraxseg.report.study import Canonical
 from thoraxseg.stats.constants import HIGHER_IS_BETTER, METRIC_LABELS
@@ -293,16 +294,6 @@ def case_overlay_png(cases: Sequence[tuple[str, Canonical, np.ndarray, np.ndarra
     organ_legend(fig)
     fig.tight_layout(rect=(0, 0.07, 1, 1), w_pad=0.4)
     return to_png(fig)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two boolean masks (NaN when both are empty).
-
-    >>> iou(np.array([1, 1, 0], bool), np.array([0, 1, 1], bool))
-    0.3333333333333333
-    """
-    union = np.count_nonzero(a | b)
-    return float(np.count_nonzero(a & b) / union) if union else float("nan")
 
 
 def realign_overlay_png(ct: Canonical, moved: np.ndarray, fixed: np.ndarray, clean: np.ndarray, label: int,

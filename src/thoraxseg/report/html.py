@@ -312,11 +312,14 @@ class _Report:
         return self._volumes[key]
 
     def ensure_stats(self) -> None:
+        """Statistics from ``compare/stats.csv``; without it, ``compare`` run here with the study's own settings."""
         if self.stats is None and len(self.s.metrics) >= 2:
             arms = list(self.s.metrics)
-            res = run_comparison([self.s.metrics[a] for a in arms], arms, seed=0, n_boot=2000)
+            settings = self.s.compare_settings()
+            res = run_comparison([self.s.metrics[a] for a in arms], arms, **settings)
             self.stats, self.shift = res.stats, res.shift
-            self.stats_source = "computed for this report (the compare stage did not run): seed 0, 2000 resamples"
+            used = ", ".join(f"{k} {v}" for k, v in settings.items()) or "the compare defaults"
+            self.stats_source = f"computed for this report (the compare stage did not run) with {used}"
 
     # ------------------------------------------------------------------ header and overview
     def header(self) -> str:
@@ -961,6 +964,6 @@ def build_report(study: str | Path, out: str | Path | None = None) -> Path:
         If ``study`` is not a folder.
     """
     st = load_study(study)
-    target = Path(out) if out is not None else st.root / "report.html"
+    target = Path(out) if out is not None else st.layout.report
     write_text_atomic(target, render_report(st))
     return target

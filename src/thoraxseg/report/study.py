@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from thoraxseg.data.layout import Case, discover_cases
-from thoraxseg.data.volume import load_image, load_label
+from thoraxseg.arms import arm_names
+from thoraxseg.data.layout import Case, StudyLayout, discover_cases, read_stage_timings
+from thoraxseg.data.volume import load_image, load_label, to_ras
 from thoraxseg.errors import InputError, ThoraxsegError
-
-#: Preferred display order of the arms; other arm folders follow alphabetically.
-ARM_ORDER: tuple[str, ...] = ("enet", "customnet", "nnunet3d")
 
 
 def _natural_key(text: str) -> list[object]:
@@ -94,23 +91,40 @@ class Study:
     problems: list[str] = field(default_factory=list)
 
     @property
+    def layout(self) -> StudyLayout:
+        """Where the study's files are (:class:`thoraxseg.data.layout.StudyLayout`)."""
+        return StudyLayout(self.root)
+
+    @property
     def synthetic(self) -> bool:
         """True when the input cohort is the built-in phantom (``phantom.json`` or the config says so)."""
         if self.phantom is not None:
             return True
         return bool(self.config_text and re.search(r"\bphantom\b", self.config_text))
 
+    def compare_settings(self) -> dict[str, Any]:
+        """The study's ``seed``, ``n_boot`` and ``unpaired`` (from ``study.yaml``; absent keys left out)."""
+        import yaml
+
+        try:
+            cfg = yaml.safe_load(self.config_text or "") or {}
+        except yaml.YAMLError:
+            return {}
+        if not isinstance(cfg, dict):
+            return {}
+        return {k: cfg[k] for k in ("seed", "n_boot", "unpaired") if k in cfg}
+
     def raw_cases(self) -> list[Case]:
         """Cases of ``data/raw`` (empty when absent or unreadable)."""
-        return self._cases(self.root / "data" / "raw")
+        return self._cases(self.layout.raw)
 
     def fixed_cases(self) -> list[Case]:
         """Cases of ``data/fixed`` (empty when absent)."""
-        return self._cases(self.root / "data" / "fixed")
+        return self._cases(self.layout.fixed)
 
     def test_cases(self) -> list[Case]:
         """Held-out cases with images and GT: ``data/testset``, else the split's test IDs in ``data/fixed``."""
-        cases = [c for c in self._cases(self.root / "data" / "testset") if c.label_path is not None]
+        cases = [c for c in self._cases(self.layout.testset) if c.label_path is not None]
         if cases:
             return cases
         test_ids = set(self.split.get("test", [])) if isinstance(self.split, dict) else set()
@@ -119,7 +133,7 @@ class Study:
     def prediction_path(self, arm: str, patient: str) -> Path | None:
         """``arms/<arm>/pred/<patient>.nii.gz`` (or ``.nii``) when it exists."""
         for suffix in (".nii.gz", ".nii"):
-            p = self.root / "arms" / arm / "pred" / f"{patient}{suffix}"
+            p = self.layout.pred(arm) / f"{patient}{suffix}"
             if p.is_file():
                 return p
         return None
@@ -172,22 +186,23 @@ def load_study(root: str | Path) -> Study:
     if not base.is_dir():
         raise InputError(base, "study folder not found")
     study = Study(root=base)
-    cfg = base / "study.yaml"
+    lay = study.layout
+    cfg = lay.config
     if cfg.is_file():
         study.config_text = cfg.read_text(encoding="utf-8", errors="replace")
-    study.check = _read_json(study, base / "check.json")
-    study.check_fixed = _read_json(study, base / "check_fixed.json")
-    study.fix = _read_json(study, base / "realign" / "fix.json")
-    study.apply = _read_json(study, base / "realign" / "apply.json")
-    overlay = base / "realign" / "overlay.png"
+    study.check = _read_json(study, lay.check)
+    study.check_fixed = _read_json(study, lay.check_fixed)
+    study.fix = _read_json(study, lay.realign / "fix.json")
+    study.apply = _read_json(study, lay.realign / "apply.json")
+    overlay = lay.realign / "overlay.png"
     if overlay.is_file():
         data = overlay.read_bytes()
         if data[:8] == b"\x89PNG\r\n\x1a\n":
             study.overlay_png = data
         else:
             study._problem(overlay, "not a PNG file")
-    study.qa = _read_json(study, base / "realign" / "qa" / "qa.json")
-    qa_figs = base / "realign" / "qa" / "overlays"
+    study.qa = _read_json(study, lay.qa / "qa.json")
+    qa_figs = lay.qa / "overlays"
     if qa_figs.is_dir():
         for png in sorted(qa_figs.glob("*.png"), key=lambda p: _natural_key(p.name)):
             data = png.read_bytes()
@@ -195,28 +210,29 @@ def load_study(root: str | Path) -> Study:
                 study.qa_overlays[png.stem] = data
             else:
                 study._problem(png, "not a PNG file")
-    study.split = _read_json(study, base / "data" / "split.json")
-    study.phantom = _read_json(study, base / "data" / "raw" / "phantom.json")
-    arms_dir = base / "arms"
+    study.split = _read_json(study, lay.split)
+    study.phantom = _read_json(study, lay.phantom_json)
+    arms_dir = lay.arms
+    order = arm_names()  # the registry's order (built-in arms first); other folders follow, naturally sorted
     names = sorted((p.name for p in arms_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                   key=lambda n: (ARM_ORDER.index(n) if n in ARM_ORDER else len(ARM_ORDER), _natural_key(n))) \
+                   key=lambda n: (order.index(n) if n in order else len(order), _natural_key(n))) \
         if arms_dir.is_dir() else []
     study.arms = names
     from thoraxseg.stats.compare import validate_metrics
 
     for arm in names:
-        df = _read_csv(study, arms_dir / arm / "metrics.csv")
+        df = _read_csv(study, lay.metrics(arm))
         if df is not None:
             try:
-                study.metrics[arm] = validate_metrics(df, arms_dir / arm / "metrics.csv")
+                study.metrics[arm] = validate_metrics(df, lay.metrics(arm))
             except InputError as exc:
-                study._problem(arms_dir / arm / "metrics.csv", str(exc))
-        log = _read_csv(study, arms_dir / arm / "run" / "log.csv")
+                study._problem(lay.metrics(arm), str(exc))
+        log = _read_csv(study, lay.run(arm) / "log.csv")
         if log is not None and "epoch" in log.columns and len(log):
             study.logs[arm] = log
         elif log is not None:
-            study._problem(arms_dir / arm / "run" / "log.csv", "no epoch column or no rows")
-        cfg_path = arms_dir / arm / "run" / "config.yaml"
+            study._problem(lay.run(arm) / "log.csv", "no epoch column or no rows")
+        cfg_path = lay.run(arm) / "config.yaml"
         if cfg_path.is_file():
             try:
                 cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
@@ -225,50 +241,13 @@ def load_study(root: str | Path) -> Study:
             else:
                 if isinstance(cfg, dict):
                     study.run_configs[arm] = cfg
-    study.stats = _read_csv(study, base / "compare" / "stats.csv")
-    study.shift = _read_csv(study, base / "compare" / "shift.csv")
-    summary = base / "compare" / "summary.txt"
+    study.stats = _read_csv(study, lay.compare / "stats.csv")
+    study.shift = _read_csv(study, lay.compare / "shift.csv")
+    summary = lay.compare / "summary.txt"
     if summary.is_file():
         study.summary_txt = summary.read_text(encoding="utf-8", errors="replace")
     study.timings = read_stage_timings(base, study._problem)
     return study
-
-
-#: Stage markers of a study folder: ``STUDY/.stages/<stage>.json`` (``:`` in a stage name written ``__``).
-STAGE_MARKERS = ".stages"
-
-
-def stage_marker(root: str | Path, stage: str) -> Path:
-    """The marker file a study writes when ``stage`` completes.
-
-    >>> stage_marker("runs/demo", "train:enet").as_posix()
-    'runs/demo/.stages/train__enet.json'
-    """
-    return Path(root) / STAGE_MARKERS / f"{stage.replace(':', '__')}.json"
-
-
-def read_stage_timings(root: str | Path,
-                       problem: Callable[[Path, str], None] | None = None) -> dict[str, float]:
-    """Seconds per finished stage of the study folder ``root``, in finishing order (marker times).
-
-    A marker that cannot be read or has no stage name or seconds is skipped and passed to ``problem``.
-    """
-    folder = Path(root) / STAGE_MARKERS
-    if not folder.is_dir():
-        return {}
-    rows: list[tuple[int, str, float]] = []
-    for path in folder.glob("*.json"):
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            if problem is not None:
-                problem(path, f"unreadable JSON ({exc})")
-            continue
-        if isinstance(d, dict) and isinstance(d.get("stage"), str) and isinstance(d.get("seconds"), int | float):
-            rows.append((path.stat().st_mtime_ns, d["stage"], float(d["seconds"])))
-        elif problem is not None:
-            problem(path, "no stage name or seconds")
-    return {stage: secs for _, stage, secs in sorted(rows)}
 
 
 @dataclass
@@ -280,10 +259,9 @@ class Canonical:
 
 
 def to_canonical(array: np.ndarray, affine: np.ndarray) -> Canonical:
-    """Reorient ``array`` (axes ``(x, y, z)`` with ``affine``) to the closest RAS+ orientation (flips/permutes only)."""
-    img = nib.as_closest_canonical(nib.Nifti1Image(array, affine))
-    arr = np.asanyarray(img.dataobj)
-    return Canonical(np.ascontiguousarray(arr), tuple(float(z) for z in img.header.get_zooms()[:3]))  # type: ignore[arg-type]
+    """Reorient ``array`` (axes ``(x, y, z)`` with ``affine``) to RAS+ (:func:`thoraxseg.data.volume.to_ras`)."""
+    ras, spacing = to_ras(array, affine)
+    return Canonical(np.ascontiguousarray(ras), spacing)
 
 
 def load_canonical(path: Path, label: bool = False) -> Canonical:

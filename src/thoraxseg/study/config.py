@@ -13,15 +13,18 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from thoraxseg.arms import get_arm
 from thoraxseg.errors import ConfigError
 from thoraxseg.labels import organ_from_name
+from thoraxseg.utils.settings import build_dataclass, choice, unknown_message
 from thoraxseg.utils.yamlfile import read_yaml_mapping
-
-ARM_MODELS = ("enet", "customnet", "nnunet3d")
 
 
 @dataclass
@@ -88,53 +91,83 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], base_dir: Path | None = None, source: str | None = None) -> StudyConfig:
+        """Build and check a study from its YAML mapping; every value is checked here, before any stage runs.
+
+        Raises :class:`~thoraxseg.errors.ConfigError` (one line: the file, the setting, the bad value;
+        unknown keys with the nearest valid name).
+        """
+        where = source or "study config"
         if not isinstance(raw, dict):
-            raise ConfigError(f"{source or 'study config'}: expected a mapping at the top level")
-        known = {"name", "seed", "device", "data", "realign", "arms", "postprocess", "tolerance_mm", "workers",
-                 "threads", "n_boot", "unpaired"}
-        unknown = sorted(set(raw) - known)
+            raise ConfigError(f"{where}: expected a mapping at the top level")
+        try:
+            return cls._build(raw, base_dir, source)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    @classmethod
+    def _build(cls, raw: dict[str, Any], base_dir: Path | None, source: str | None) -> StudyConfig:
+        unknown = set(map(str, raw)) - set(_FIELDS)
         if unknown:
-            raise ConfigError(f"{source or 'study config'}: unknown keys: {', '.join(unknown)}")
-        data = DataSection(**(raw.get("data") or {}))
+            raise ConfigError(unknown_message(unknown, _FIELDS))
+        top = {k: v for k, v in raw.items() if k not in ("data", "realign", "arms")}
+        cfg: StudyConfig = build_dataclass(cls, top)
+        cfg.source = source
+        cfg.data = build_dataclass(DataSection, raw.get("data") or {}, "data.")
+        cfg.realign = build_dataclass(RealignSection, raw.get("realign") or {}, "realign.")
+        arms_raw = raw.get("arms") or {}
+        if not isinstance(arms_raw, dict):
+            raise ConfigError(f"setting arms: expected a mapping of arm name to settings, got {arms_raw!r}")
+        for name, spec in arms_raw.items():
+            spec = dict(spec or {})
+            spec.setdefault("model", name)
+            get_arm(spec["model"], where=f"arm {name!r}: model")
+            cfg.arms[str(name)] = build_dataclass(ArmSection, spec, f"arms.{name}.")
+        cfg._check(base_dir)
+        return cfg
+
+    def _check(self, base_dir: Path | None) -> None:
+        data, realign = self.data, self.realign
         if data.root is None and data.phantom is None:
-            raise ConfigError(f"{source or 'study config'}: data needs `root` (a dataset) or `phantom` (generate one)")
+            raise ConfigError("data needs `root` (a dataset) or `phantom` (generate one)")
         if data.root is not None and base_dir is not None and not Path(data.root).is_absolute():
             data.root = str((base_dir / data.root).resolve())
-        realign = RealignSection(**(raw.get("realign") or {}))
         organ_from_name(realign.label)  # validates
-        if realign.enabled not in ("auto", True, False, "true", "false"):
-            raise ConfigError(f"realign.enabled must be auto, true or false, not {realign.enabled!r}")
-        if realign.method not in ("sweep", "elastix", "qa"):
-            raise ConfigError(f"realign.method must be sweep, elastix or qa, not {realign.method!r}")
+        if isinstance(realign.enabled, str):
+            enabled = choice(realign.enabled.lower(), ("auto", "true", "false"), "realign.enabled")
+            realign.enabled = {"true": True, "false": False}.get(enabled, enabled)
+        choice(realign.method, ("sweep", "elastix", "qa"), "realign.method")
         if realign.method == "qa":
-            if not isinstance(realign.qa_run, str) or not realign.qa_run:
+            if not realign.qa_run:
                 raise ConfigError(f"realign.method qa needs realign.qa_run (a trained run folder), got "
                                   f"{realign.qa_run!r}")
             if base_dir is not None and not Path(realign.qa_run).is_absolute():
                 realign.qa_run = str((base_dir / realign.qa_run).resolve())
         elif realign.qa_run is not None:
             raise ConfigError(f"realign.qa_run is only used with realign.method: qa (method is {realign.method!r})")
-        arms: dict[str, ArmSection] = {}
-        for name, spec in (raw.get("arms") or {}).items():
-            spec = dict(spec or {})
-            spec.setdefault("model", name)
-            if spec["model"] not in ARM_MODELS:
-                raise ConfigError(f"arm {name!r}: model must be one of {', '.join(ARM_MODELS)}")
-            arms[name] = ArmSection(**spec)
-        if not arms:
-            raise ConfigError(f"{source or 'study config'}: no arms to train")
-        device = str(raw.get("device", "cpu"))
-        if device not in ("cpu", "cuda"):
-            raise ConfigError(f"device must be cpu or cuda, not {device!r}")
-        threads = raw.get("threads")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ConfigError(f"{source or 'study config'}: threads must be a positive integer, not {threads!r}")
-        return cls(
-            name=str(raw.get("name", "study")), seed=int(raw.get("seed", 0)), device=device, data=data,
-            realign=realign, arms=arms, postprocess=bool(raw.get("postprocess", True)),
-            tolerance_mm=float(raw.get("tolerance_mm", 2.0)), workers=int(raw.get("workers", 2)),
-            threads=threads, n_boot=int(raw.get("n_boot", 2000)), unpaired=bool(raw.get("unpaired", False)), source=source,
-        )
+        if not self.arms:
+            raise ConfigError("no arms to train")
+        checks = [
+            (re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
+             f"device must be cpu, cuda or cuda:N, not {self.device!r}"),
+            (data.test_cases >= 1, f"data.test_cases must be >= 1, not {data.test_cases!r}"),
+            (self.threads is None or self.threads >= 1, f"threads must be a positive integer, not {self.threads!r}"),
+            (self.workers >= 1, f"workers must be >= 1 (processes), not {self.workers!r}"),
+            (self.n_boot >= 1, f"n_boot must be >= 1 (bootstrap resamples), not {self.n_boot!r}"),
+            (math.isfinite(self.tolerance_mm) and self.tolerance_mm >= 0,
+             f"tolerance_mm must be a finite number of mm >= 0, not {self.tolerance_mm!r}"),
+            *((arm.epochs is None or arm.epochs >= 1, f"arm {name!r}: epochs must be >= 1, not {arm.epochs!r}")
+              for name, arm in self.arms.items()),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        for name, arm_section in self.arms.items():  # each arm's own settings, before any stage runs
+            arm = get_arm(arm_section.model)
+            try:
+                arm.check(arm_section.config, arm_section.epochs)
+                arm.check_predict_options(arm_section.predict)
+            except ConfigError as exc:
+                raise ConfigError(f"arm {name!r} ({arm.name}): {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -142,11 +175,12 @@ class StudyConfig:
         return d
 
 
+#: Keys of a study file's top level.
+_FIELDS = tuple(f.name for f in dataclasses.fields(StudyConfig) if f.name != "source")
+
+
 def load_study_config(path: str | Path) -> StudyConfig:
     """Read and validate a study YAML file."""
     p = Path(path)
     raw = read_yaml_mapping(p, missing="study config not found")
-    try:
-        return StudyConfig.from_dict(raw, base_dir=p.parent, source=str(p))
-    except TypeError as exc:  # unknown key inside a section
-        raise ConfigError(f"{p}: {exc}") from None
+    return StudyConfig.from_dict(raw, base_dir=p.parent, source=str(p))

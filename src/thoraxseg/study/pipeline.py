@@ -21,52 +21,54 @@ from typing import Any, cast
 import numpy as np
 import yaml
 
-from thoraxseg.data.layout import Case, discover_cases, labelled_cases, reference_names_text
+from thoraxseg.data.layout import (
+    Case,
+    StudyLayout,
+    discover_cases,
+    labelled_cases,
+    read_stage_timings,
+    reference_names_text,
+)
 from thoraxseg.errors import ConfigError, InputError, ThoraxsegError
 from thoraxseg.labels import organ_from_name
-from thoraxseg.report.study import STAGE_MARKERS, read_stage_timings, stage_marker
 from thoraxseg.study.config import StudyConfig
-from thoraxseg.utils.atomic import atomic_dir, write_json_atomic, write_text_atomic
+from thoraxseg.utils.atomic import atomic_dir, removed_on_failure, write_json_atomic, write_text_atomic
 from thoraxseg.utils.files import link_or_copy
 from thoraxseg.utils.progress import console
-
-STAGES: tuple[str, ...] = ("data", "check", "realign", "split", "train", "predict", "evaluate", "compare", "report")
 
 
 class Study:
     """Paths and stage bookkeeping of one study folder."""
 
     def __init__(self, root: Path, config: StudyConfig) -> None:
-        self.root = Path(root)
+        self.layout = StudyLayout(Path(root), Path(config.data.root) if config.data.root else None)
+        self.root = self.layout.root
         self.config = config
-        self.markers = self.root / STAGE_MARKERS
+        self.markers = self.layout.markers
 
-    # -- layout ---------------------------------------------------------------------------------
+    # -- layout (thoraxseg.data.layout.StudyLayout), plus what depends on the run ------------------
     @property
     def raw(self) -> Path:
-        return Path(self.config.data.root) if self.config.data.root else self.root / "data" / "raw"
+        return self.layout.raw
 
     @property
     def fixed(self) -> Path:
         marker = self._marker("realign")
         if marker.exists() and json.loads(marker.read_text()).get("applied"):
-            return self.root / "data" / "fixed"
+            return self.layout.fixed
         return self.raw
 
     @property
     def trainset(self) -> Path:
-        return self.root / "data" / "trainset"
+        return self.layout.trainset
 
     @property
     def testset(self) -> Path:
-        return self.root / "data" / "testset"
-
-    def arm_dir(self, name: str) -> Path:
-        return self.root / "arms" / name
+        return self.layout.testset
 
     # -- markers --------------------------------------------------------------------------------
     def _marker(self, stage: str) -> Path:
-        return stage_marker(self.root, stage)
+        return self.layout.marker(stage)
 
     def done(self, stage: str) -> bool:
         return self._marker(stage).exists()
@@ -94,14 +96,13 @@ def _stage_data(study: Study) -> dict[str, Any]:
 
 
 def _stage_check(study: Study) -> dict[str, Any]:
-    from thoraxseg.cli.check import print_report
-    from thoraxseg.data.check import check_dataset
+    from thoraxseg.data.check import check_dataset, print_report
 
     report = check_dataset(study.raw, workers=study.config.workers)
     print_report(report)
-    write_json_atomic(study.root / "check.json", report.to_dict())
+    write_json_atomic(study.layout.check, report.to_dict())
     if not report.ok:
-        raise ThoraxsegError(f"{study.raw}: dataset check failed (see {study.root / 'check.json'})")
+        raise ThoraxsegError(f"{study.raw}: dataset check failed (see {study.layout.check})")
     return {"ok": report.ok, "warnings": report.n_warnings}
 
 
@@ -120,7 +121,7 @@ def _reference_case(study: Study) -> Case | None:
 
 def _flagged_cases(study: Study, organ: str) -> list[str]:
     """Patients whose ``GT.nii.gz`` ``organ`` label ``check`` flags as misplaced (from ``check.json``)."""
-    doc = json.loads((study.root / "check.json").read_text(encoding="utf-8"))
+    doc = json.loads((study.layout.check).read_text(encoding="utf-8"))
     return [c["patient_id"] for c in doc.get("cases", [])
             if any(o["organ"] == organ and o["suspicious"] for o in c.get("organs", []))]
 
@@ -134,9 +135,9 @@ def _stop_on_flagged(study: Study, why: str) -> None:
     shown = ", ".join(flagged[:5]) + (f" and {len(flagged) - 5} more" if len(flagged) > 5 else "")
     raise ConfigError(
         f"realign.enabled: {study.config.realign.enabled}: check flags the {organ} label of {len(flagged)} "
-        f"case(s) as misplaced ({shown}; {study.root / 'check.json'}) but {why} — fix the labels, put the "
+        f"case(s) as misplaced ({shown}; {study.layout.check}) but {why} — fix the labels, put the "
         f"clean label of one patient next to its GT.nii.gz as {reference_names_text()} (realign.reference names "
-        "that patient), or set realign.enabled: false to train on these labels anyway; then re-run with --force")
+        "that patient), or set realign.enabled: false to train on these labels anyway; then re-run with --overwrite")
 
 
 def _stage_realign(study: Study) -> dict[str, Any]:
@@ -188,11 +189,11 @@ def _stage_realign(study: Study) -> dict[str, Any]:
     from thoraxseg.realign.estimate import estimate_transform
 
     label = int(organ_from_name(cfg.label))
-    out = study.root / "realign"
+    out = study.layout.realign
     out.mkdir(parents=True, exist_ok=True)
     fix = estimate_transform(moved_path, clean_path, label=label, method=cfg.method)
     write_json_atomic(out / "fix.json", fix)
-    fixed = study.root / "data" / "fixed"
+    fixed = study.layout.fixed
     if fixed.exists():
         shutil.rmtree(fixed)
     rows = apply_transform_to_dataset(fix, study.raw, fixed, label=label)
@@ -206,7 +207,7 @@ def _stage_realign(study: Study) -> dict[str, Any]:
         overlay_png(ref.image_path, moved_path, fixed_case.label_path, clean_path, label,
                     out / "overlay.png")
     after = check_dataset(fixed, progress=False)
-    write_json_atomic(study.root / "check_fixed.json", after.to_dict())
+    write_json_atomic(study.layout.check_fixed, after.to_dict())
     return {"applied": True, "reference": ref.patient_id, "reference_label": str(clean_path),
             "verdict": verdict, "warnings_after": after.n_warnings}
 
@@ -223,8 +224,8 @@ def _realign_qa(study: Study) -> dict[str, Any]:
 
     cfg = study.config.realign
     assert cfg.qa_run is not None  # validated by the config
-    out = study.root / "realign" / "qa"
-    fixed = study.root / "data" / "fixed"
+    out = study.layout.qa
+    fixed = study.layout.fixed
     result = run_qa(study.raw, run=cfg.qa_run, out=out, fix=fixed, seed=study.config.seed, overwrite=True,
                     device=study.config.device)
     s = result["summary"]
@@ -235,14 +236,14 @@ def _realign_qa(study: Study) -> dict[str, Any]:
         shutil.rmtree(fixed)
     after = check_dataset(fixed if applied else study.raw, progress=False)
     if applied:
-        write_json_atomic(study.root / "check_fixed.json", after.to_dict())
+        write_json_atomic(study.layout.check_fixed, after.to_dict())
     organ = cfg.label
     still = [c.patient_id for c in after.cases if any(o.organ == organ and o.suspicious for o in c.organs)]
     if still:
         raise ConfigError(
             f"realign.method: qa: check still flags the {organ} label of {', '.join(still)} after qa "
             f"(see {out / 'qa.csv'}): fix those labels, or set realign.enabled: false to train on them anyway; "
-            "then re-run with --force")
+            "then re-run with --overwrite")
     return {"applied": applied, "method": "qa", "qa_run": cfg.qa_run, "fixed": s["fixed_patients"],
             "flagged": s["flagged_patients"], "warnings_after": after.n_warnings}
 
@@ -267,7 +268,7 @@ def _stage_split(study: Study) -> dict[str, Any]:
             link_or_copy(c.image_path, tmp / pid / f"{pid}.nii.gz")
             link_or_copy(c.label_path, tmp / pid / "GT.nii.gz")
     split = {"seed": study.config.data.split_seed, "train": train_ids, "test": test_ids}
-    write_json_atomic(study.root / "data" / "split.json", split)
+    write_json_atomic(study.layout.split, split)
     return {"train": len(train_ids), "test": len(test_ids)}
 
 
@@ -275,7 +276,7 @@ def _stage_train(study: Study, name: str) -> dict[str, Any]:
     from thoraxseg.training import train
 
     arm = study.config.arms[name]
-    run = study.arm_dir(name) / "run"
+    run = study.layout.run(name)
     train(arm.model, study.trainset, run, config=dict(arm.config) or None, epochs=arm.epochs,
           device=study.config.device, seed=study.config.seed)
     return {"model": arm.model}
@@ -285,10 +286,10 @@ def _stage_predict(study: Study, name: str) -> dict[str, Any]:
     from thoraxseg.inference import predict
 
     arm = study.config.arms[name]
-    pred = study.arm_dir(name) / "pred"
+    pred = study.layout.pred(name)
     if pred.exists():
         shutil.rmtree(pred)
-    paths = predict(study.arm_dir(name) / "run", study.testset, pred, postprocess=study.config.postprocess,
+    paths = predict(study.layout.run(name), study.testset, pred, postprocess=study.config.postprocess,
                     device=study.config.device, **arm.predict)
     return {"cases": len(paths)}
 
@@ -296,9 +297,9 @@ def _stage_predict(study: Study, name: str) -> dict[str, Any]:
 def _stage_evaluate(study: Study, name: str) -> dict[str, Any]:
     from thoraxseg.metrics.evaluate import evaluate_folders, write_metrics_csv
 
-    df = evaluate_folders(study.testset, study.arm_dir(name) / "pred", tolerance_mm=study.config.tolerance_mm,
+    df = evaluate_folders(study.testset, study.layout.pred(name), tolerance_mm=study.config.tolerance_mm,
                           workers=study.config.workers)
-    write_metrics_csv(df, study.arm_dir(name) / "metrics.csv")
+    write_metrics_csv(df, study.layout.metrics(name))
     means = df.groupby("organ")["dice"].mean()
     console.print(f"{name}: mean Dice " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))  # rounded once
     return {"dice": means.round(4).to_dict()}
@@ -311,9 +312,9 @@ def _stage_compare(study: Study) -> dict[str, Any]:
         return {"skipped": True}
     from thoraxseg.stats.compare import run_comparison, summary_renderables, write_outputs
 
-    result = run_comparison([study.arm_dir(n) / "metrics.csv" for n in names], names,
+    result = run_comparison([study.layout.metrics(n) for n in names], names,
                             unpaired=study.config.unpaired, seed=study.config.seed, n_boot=study.config.n_boot)
-    write_outputs(result, study.root / "compare")
+    write_outputs(result, study.layout.compare)
     for renderable in summary_renderables(result, compact=True):
         console.print(renderable)
     return {"arms": names}
@@ -322,7 +323,7 @@ def _stage_compare(study: Study) -> dict[str, Any]:
 def _stage_report(study: Study) -> dict[str, Any]:
     from thoraxseg.report import build_report
 
-    out = build_report(study.root, study.root / "report.html")
+    out = build_report(study.root, study.layout.report)
     return {"report": str(out)}
 
 
@@ -352,15 +353,23 @@ def run_study(config: StudyConfig, out: str | Path, force: bool = False) -> Path
         Re-run every stage (the folder's stage markers are cleared first).
     """
     study = Study(Path(out), config)
+    if config.data.root and not Path(config.data.root).is_dir():  # before anything is written
+        raise InputError(config.data.root, "data.root: folder not found")
+    # a study that fails before its first stage completed leaves no study folder behind
+    with removed_on_failure(study.root, keep=lambda _root: any(study.markers.glob("*.json"))):
+        return _run_stages(study, config, force)
+
+
+def _run_stages(study: Study, config: StudyConfig, force: bool) -> Path:
     study.root.mkdir(parents=True, exist_ok=True)
     resolved = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    cfg_file = study.root / "study.yaml"
+    cfg_file = study.layout.config
     if force and study.markers.exists():
         shutil.rmtree(study.markers)
     if cfg_file.exists() and study.markers.exists() and not force:
         before = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
         if _without_threads(before) != _without_threads(config.to_dict()):
-            raise ConfigError(f"{study.root}: holds a study with another configuration (use --force or a new --out)")
+            raise ConfigError(f"{study.root}: holds a study with another configuration (use --overwrite or a new --out)")
     write_text_atomic(cfg_file, resolved)
     if config.threads:
         import torch
@@ -389,4 +398,4 @@ def run_study(config: StudyConfig, out: str | Path, force: bool = False) -> Path
     timings = study.timings()
     console.print("study timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     console.print(f"total {sum(timings.values()):.0f} s")
-    return study.root / "report.html"
+    return study.layout.report

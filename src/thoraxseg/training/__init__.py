@@ -1,4 +1,4 @@
-"""Training of every arm: the 2D networks here, nnU-Net delegated to :mod:`thoraxseg.nnunet`.
+"""Training of every arm (dispatched through :mod:`thoraxseg.arms`): the 2D networks here, nnU-Net in :mod:`thoraxseg.nnunet`.
 
 Example::
 
@@ -12,11 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from thoraxseg.errors import ConfigError
-from thoraxseg.training.config import MODEL_NAMES, TrainConfig, load_yaml, resolve_config
-
-#: Options that only the nnU-Net arm understands (passed through to ``train_nnunet``).
-NNUNET_OPTIONS: tuple[str, ...] = ("folds", "iterations_per_epoch", "plans")
+from thoraxseg.arms import get_arm
+from thoraxseg.training.config import TrainConfig, load_yaml, resolve_config
 
 
 def train(
@@ -28,53 +25,60 @@ def train(
     device: str = "cpu",
     **overrides: Any,
 ) -> Path:
-    """Train one arm into the run folder ``out`` (resuming from ``out/last.pt`` when present).
+    """Train one arm (any registered in :mod:`thoraxseg.arms`) into the run folder ``out``; resumes a run.
 
     Parameters
     ----------
     model
-        ``enet``, ``customnet`` or ``nnunet3d``.
+        A registered arm: ``enet``, ``customnet``, ``nnunet3d``, ...
     data
         Dataset root with labelled cases (SegTHOR layout).
     out
-        Run folder (see :mod:`thoraxseg.training.trainer` for its contents).
+        Run folder (see :mod:`thoraxseg.training.trainer` for the 2D arms' contents).
     config
         Settings mapping or YAML file, applied over the defaults.
     epochs
-        Overrides ``epochs`` of the config (default 100).
+        Overrides ``epochs`` of the config (2D default 100).
     device
         ``cpu``, ``cuda`` or ``cuda:N``.
     **overrides
-        Any :class:`~thoraxseg.training.config.TrainConfig` setting (``batch_size=4``,
-        ``lr=5e-4``, ``"augment.enabled"=False`` via ``**{...}``); ``None`` values are
-        ignored. For ``nnunet3d``: ``folds``, ``iterations_per_epoch``, ``plans``.
+        Settings of that arm; ``None`` values are ignored. 2D arms: any
+        :class:`~thoraxseg.training.config.TrainConfig` setting (``batch_size=4``, ``lr=5e-4``,
+        ``"augment.enabled"=False`` via ``**{...}``); ``nnunet3d``: any
+        :class:`~thoraxseg.nnunet.settings.NnunetSettings` setting.
 
     Returns
     -------
     pathlib.Path
         The run folder.
     """
-    name = model.lower()
-    if name not in MODEL_NAMES:
-        raise ConfigError(f"unknown model {model!r}; expected one of {', '.join(MODEL_NAMES)}")
-    if name == "nnunet3d":
-        from thoraxseg.nnunet.api import train_nnunet
+    arm = get_arm(model)
+    return arm.train(Path(data), Path(out), config=config, epochs=epochs, device=device,
+                     **{k: v for k, v in overrides.items() if v is not None})
 
-        passthrough = {k: v for k, v in overrides.items() if v is not None}
-        return train_nnunet(Path(data), Path(out), config=config, epochs=epochs, device=device, **passthrough)
-    extra = sorted(k for k in NNUNET_OPTIONS if overrides.get(k) is not None)
-    if extra:
-        raise ConfigError(f"option(s) {', '.join(extra)} apply to nnunet3d only, not {name}")
-    settings = {k: v for k, v in overrides.items() if k not in NNUNET_OPTIONS}
+
+def _resolved_2d(name: str, config: Mapping[str, Any] | Path | str | None, overrides: Mapping[str, Any]
+                 ) -> TrainConfig:
     if isinstance(config, str | Path):
         config = load_yaml(config)
     base = dict(config or {})
     base.pop("model", None)
-    cfg = resolve_config(base, {**settings, "model": name, "data": str(data), "out": str(out),
-                                "epochs": epochs, "device": device})
+    return resolve_config(base, {**overrides, "model": name})
+
+
+def check_2d_settings(name: str, config: Mapping[str, Any], epochs: int | None = None) -> None:
+    """Check a 2D arm's settings mapping up front (types, ranges, unknown keys); raises ConfigError."""
+    _resolved_2d(name, config, {"epochs": epochs})
+
+
+def train_2d_arm(name: str, data: Path, out: Path, config: Mapping[str, Any] | Path | str | None = None,
+                 epochs: int | None = None, device: str = "cpu", **overrides: Any) -> Path:
+    """The ``enet``/``customnet`` arms' training: resolve the settings, then :func:`~thoraxseg.training.trainer.train_2d`."""
+    cfg = _resolved_2d(name, config, {**overrides, "data": str(data), "out": str(out), "epochs": epochs,
+                                      "device": device})
     from thoraxseg.training.trainer import train_2d
 
     return train_2d(cfg)
 
 
-__all__ = ["MODEL_NAMES", "NNUNET_OPTIONS", "TrainConfig", "resolve_config", "train"]
+__all__ = ["TrainConfig", "check_2d_settings", "resolve_config", "train", "train_2d_arm"]

@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,13 +36,13 @@ from typing import Any
 
 import yaml
 
+from thoraxseg.arms import arm_names
 from thoraxseg.errors import ConfigError
 from thoraxseg.losses import DEFAULT_CLASS_WEIGHTS
 from thoraxseg.networks import MODELS_2D, SIZE_MULTIPLE
+from thoraxseg.utils.settings import build_dataclass
 from thoraxseg.utils.yamlfile import read_yaml_mapping
 
-#: Every model name ``thoraxseg train`` accepts (nnunet3d is delegated to thoraxseg.nnunet).
-MODEL_NAMES: tuple[str, ...] = (*MODELS_2D, "nnunet3d")
 SCHEDULES: tuple[str, ...] = ("none", "cosine", "poly")
 #: How slices reach the network grid (see :class:`TrainConfig`, ``preprocessing``).
 PREPROCESSING: tuple[str, ...] = ("spacing", "square")
@@ -271,76 +270,6 @@ def overrides_to_nested(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Convert a YAML/CLI value to the field's declared type, or raise ConfigError."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    try:
-        if hint is bool:
-            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-                return value.lower() in ("true", "yes", "1", "on")
-            if isinstance(value, bool):
-                return value
-            raise TypeError
-        if hint is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise TypeError
-            return int(value)
-        if hint is float:
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        if hint is str:
-            if isinstance(value, Mapping | list | tuple):
-                raise TypeError
-            return str(value)
-        if origin is tuple:
-            items = list(value)
-            if len(items) != len(args):
-                raise TypeError
-            return tuple(_coerce(v, a, where) for v, a in zip(items, args, strict=True))
-        if origin is list:
-            if isinstance(value, str):
-                value = [v for v in value.replace(",", " ").split() if v]
-            return [_coerce(v, args[0], where) for v in value]
-        if origin is dict:
-            if not isinstance(value, Mapping):
-                raise TypeError
-            return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
-    except (TypeError, ValueError):
-        raise ConfigError(f"setting {where}: cannot use {value!r} (expected {_type_name(hint)})") from None
-    raise ConfigError(f"setting {where}: unsupported type {hint}")  # pragma: no cover
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f" in {prefix.rstrip('.')}" if prefix else ""
-        raise ConfigError(f"unknown setting{'s' if len(unknown) > 1 else ''}{where}: {', '.join(unknown)} "
-                          f"(valid: {', '.join(sorted(names))})")
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"setting {prefix}{name}: expected a mapping, got {value!r}")
-            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
-    return cls(**kwargs)
-
-
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check values and fill model-dependent defaults (``width``). Raises :class:`ConfigError`."""
     cfg.model = cfg.model.lower()
@@ -409,7 +338,7 @@ def resolve_config(
     elif config is not None:
         base = dict(config)
     nested = overrides_to_nested(overrides or {})
-    sections = {name: base.pop(name) for name in MODEL_NAMES if name in base}
+    sections = {name: base.pop(name) for name in arm_names() if name in base}
     model = str(nested.get("model", base.get("model", TrainConfig.model))).lower()
     for name, section in sections.items():
         if not isinstance(section, Mapping):
@@ -417,12 +346,12 @@ def resolve_config(
         if name == model:
             base = deep_merge(base, section)
     merged = deep_merge(base, nested)
-    return validate(_build(TrainConfig, merged))
+    return validate(build_dataclass(TrainConfig, merged))
 
 
 def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
     """Rebuild a :class:`TrainConfig` from a resolved dict (``config.yaml`` or a checkpoint)."""
-    return validate(_build(TrainConfig, data))
+    return validate(build_dataclass(TrainConfig, data))
 
 
 def dump_yaml(cfg: TrainConfig) -> str:

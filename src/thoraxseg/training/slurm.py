@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from thoraxseg.arms import get_arm
 from thoraxseg.errors import ConfigError, ThoraxsegError
 from thoraxseg.utils.atomic import atomic_path
 
@@ -96,7 +97,7 @@ def sbatch_script(train_args: Sequence[str], spec: SlurmSpec, model: str, out: s
     spec
         Job resources.
     model
-        The arm (``nnunet3d`` runs without torchrun).
+        The arm (its :attr:`~thoraxseg.arms.Arm.launcher`: ``nnunet3d`` runs without torchrun).
     out
         The run folder (SLURM's log goes to ``OUT/slurm-<jobid>.out``).
     python
@@ -141,7 +142,7 @@ def sbatch_script(train_args: Sequence[str], spec: SlurmSpec, model: str, out: s
         "",
     ]
     train = " ".join(shlex.quote(a) for a in train_args)
-    if model == "nnunet3d":
+    if get_arm(model).launcher != "torchrun":  # one process (e.g. nnunet3d)
         lines.append(f"srun --ntasks=1 {shlex.quote(py)} -m thoraxseg.cli train {train}")
     else:
         lines += [

@@ -28,6 +28,7 @@ Dice values are averaged (patients where an organ is absent from both are skippe
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -43,14 +44,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from thoraxseg.arms.curves import plot_curves
 from thoraxseg.data.layout import labelled_cases
+from thoraxseg.data.overlap import dice_per_label
 from thoraxseg.errors import ConfigError
-from thoraxseg.inference.predict2d import autocast_context, predict_slices
-from thoraxseg.labels import NUM_CLASSES, ORGAN_NAMES, ORGANS
+from thoraxseg.labels import ORGAN_NAMES, ORGANS
 from thoraxseg.losses.dice_ce import DiceCELoss, balanced_ce_weights
 from thoraxseg.networks import SIZE_MULTIPLE, build_model, count_parameters
 from thoraxseg.training import distributed as D
-from thoraxseg.training.config import TrainConfig, config_differences, config_from_dict, dump_yaml
+from thoraxseg.training.config import TrainConfig, config_differences, dump_yaml
 from thoraxseg.training.data2d import (
     AugmentCollate,
     BatchAugmenter,
@@ -63,7 +65,8 @@ from thoraxseg.training.data2d import (
     load_cases,
     split_cases,
 )
-from thoraxseg.utils.atomic import atomic_path, write_text_atomic
+from thoraxseg.training.forward import autocast_context, predict_slices
+from thoraxseg.utils.atomic import atomic_path, removed_on_failure, write_text_atomic
 from thoraxseg.utils.progress import console, make_progress
 from thoraxseg.utils.seeding import seed_everything
 
@@ -75,22 +78,16 @@ LOG_COLUMNS: tuple[str, ...] = (
 CHECKPOINT_FORMAT = "thoraxseg-2d-v1"
 
 
-def dice_per_organ(pred: np.ndarray, gt: np.ndarray, num_classes: int = NUM_CLASSES) -> dict[str, float]:
-    """3D Dice per organ from one confusion matrix (NaN where the organ is absent from both).
+def dice_per_organ(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """3D Dice per organ name (NaN where the organ is absent from both): :func:`thoraxseg.data.overlap.dice_per_label`.
 
     >>> g = np.zeros((4, 4, 4), np.uint8); g[:2] = 2
     >>> p = np.zeros_like(g); p[:1] = 2
     >>> round(dice_per_organ(p, g)["heart"], 4), str(dice_per_organ(p, g)["aorta"])
     (0.6667, 'nan')
     """
-    cm = np.bincount(gt.astype(np.int64).ravel() * num_classes + pred.astype(np.int64).ravel(),
-                     minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-    out: dict[str, float] = {}
-    for organ, name in zip(ORGANS, ORGAN_NAMES, strict=True):
-        c = int(organ)
-        tp, n_gt, n_pred = cm[c, c], cm[c, :].sum(), cm[:, c].sum()
-        out[name] = float(2 * tp / (n_gt + n_pred)) if n_gt + n_pred else float("nan")
-    return out
+    per_label = dice_per_label(pred, gt, [int(o) for o in ORGANS])
+    return {name: per_label[int(o)] for o, name in zip(ORGANS, ORGAN_NAMES, strict=True)}
 
 
 def lr_factor(schedule: str, epoch: int, epochs: int, power: float = 0.9, min_ratio: float = 0.0) -> float:
@@ -154,36 +151,6 @@ def write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     for row in rows:
         writer.writerow([_format(row.get(c)) for c in LOG_COLUMNS])
     write_text_atomic(path, buf.getvalue())
-
-
-def plot_curves(path: Path, rows: Sequence[dict[str, Any]], title: str = "") -> None:
-    """Loss and validation-Dice curves as a PNG (atomic)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from thoraxseg.labels import LABEL_COLORS
-
-    epochs = [r["epoch"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax1.plot(epochs, [r["train_loss"] for r in rows], "-o", ms=3, label="train")
-    ax1.plot(epochs, [r["val_loss"] for r in rows], "-o", ms=3, label="validation")
-    ax1.set(xlabel="epoch", ylabel="Dice + CE loss", title="loss")
-    ax1.legend()
-    for organ, name in zip(ORGANS, ORGAN_NAMES, strict=True):
-        ax2.plot(epochs, [r[f"val_dice_{name}"] for r in rows], "-", color=LABEL_COLORS[int(organ)], label=name)
-    ax2.plot(epochs, [r["val_dice_mean"] for r in rows], "k--", lw=2, label="mean")
-    ax2.set(xlabel="epoch", ylabel="3D Dice", ylim=(0, 1), title="validation Dice (3D)")
-    ax2.legend(fontsize=8, loc="lower right")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -281,8 +248,12 @@ def train_2d(cfg: TrainConfig) -> Path:
     info = D.setup(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    # a run that fails before its first checkpoint (bad input, bad setting) leaves no run folder behind
+    guard = (removed_on_failure(cfg.out, keep=lambda run: (run / "last.pt").exists()) if info.is_main
+             else contextlib.nullcontext())
     try:
-        return _train(cfg, info)
+        with guard:
+            return _train(cfg, info)
     finally:
         D.cleanup()
 
@@ -401,7 +372,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> Path:
                 "world_size": info.world_size,
             })
             write_log(out / "log.csv", history)
-            plot_curves(out / "curves.png", history,
+            plot_curves(history, out / "curves.png",
                         f"{cfg.model}, width {cfg.width}, {grid_text(cfg.image_size, cfg.spacing_mm)} — {out.name}")
             organs = " ".join(f"{k[:4]} {v:.3f}" for k, v in dice.items() if math.isfinite(v))
             console.print(f"epoch {epoch + 1:>3}/{cfg.epochs}  train {train_loss:.4f}  val {val_loss:.4f}  "
@@ -438,8 +409,3 @@ def _remove_stale_temporaries(out: Path) -> None:
 def _save(path: Path, state: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-
-
-def train_from_dict(data: dict[str, Any]) -> Path:
-    """Train from a resolved config mapping (e.g. a ``config.yaml``)."""
-    return train_2d(config_from_dict(data))

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +67,6 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def write_json_atomic(path: str | Path, obj: Any, indent: int = 2) -> None:
     """Write ``obj`` as JSON (NaN/inf rejected) atomically."""
     write_text_atomic(path, json.dumps(obj, indent=indent, allow_nan=False, default=json_default) + "\n")
@@ -112,4 +106,36 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def removed_on_failure(path: str | Path, keep: Callable[[Path], bool] = lambda _p: False) -> Iterator[Path]:
+    """Remove the folder ``path`` again if the block fails and this call created it.
+
+    For work folders that fill up over a long job (a training run): a job that fails before it
+    wrote anything worth keeping leaves no folder behind, not even an empty one, while a job
+    that fails later keeps what ``keep(path)`` says can be resumed (e.g. a checkpoint exists).
+    A folder that existed before the block is never removed.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp()) / "run"
+    >>> try:
+    ...     with removed_on_failure(d):
+    ...         d.mkdir()
+    ...         raise ValueError("bad input")
+    ... except ValueError:
+    ...     pass
+    >>> d.exists()
+    False
+    """
+    folder = Path(path)
+    new = not folder.exists()
+    try:
+        yield folder
+    except BaseException:
+        if new and folder.is_dir() and not keep(folder):
+            shutil.rmtree(folder, ignore_errors=True)
         raise

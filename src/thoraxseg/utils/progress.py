@@ -57,6 +57,14 @@ class LineProgress(Progress):
         self._reported_done: set[TaskID] = set()
         self._lines = not self.disable and not self.console.is_terminal
 
+    def start(self) -> None:
+        if not self._lines:  # off a terminal rich's live display only adds blank lines: plain lines instead
+            super().start()
+
+    def stop(self) -> None:
+        if not self._lines:
+            super().stop()
+
     def add_task(self, description: str, *args: Any, **kwargs: Any) -> TaskID:
         task = super().add_task(description, *args, **kwargs)
         self._last_line[task] = time.monotonic()

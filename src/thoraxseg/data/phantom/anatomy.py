@@ -47,7 +47,7 @@ FULL_INPLANE: int = 512
 #: Coarsening factor of ``--size small`` in-plane (128 × 128).
 SMALL_FACTOR: int = 4
 #: Coarsening factor of ``--size small`` along z. Equal to the in-plane factor, as
-#: :func:`thoraxseg.realign.transforms.grid_scale` assumes: the course corruption then
+#: :func:`thoraxseg.data.transforms.grid_scale` assumes: the course corruption then
 #: moves a small heart by the same millimetres as a full one.
 SMALL_Z_FACTOR: int = 4
 #: SegTHOR slice-count range (full size).
@@ -803,13 +803,6 @@ def _murray_radii(parents: np.ndarray, r_leaf: float) -> np.ndarray:
         if parents[i] >= 0:
             cube[parents[i]] += cube[i]
     return np.cbrt(cube)
-
-
-def _rotate_many(v: np.ndarray, axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
-    """Rodrigues rotation of rows of ``v`` about unit rows of ``axis`` by ``angle`` radians."""
-    c, s = np.cos(angle)[:, None], np.sin(angle)[:, None]
-    dot = (axis * v).sum(axis=1, keepdims=True)
-    return v * c + np.cross(axis, v) * s + axis * dot * (1 - c)
 
 
 __all__ = [

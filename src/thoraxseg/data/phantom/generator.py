@@ -44,10 +44,7 @@ from thoraxseg.data.phantom.geometry import (
     occupancy,
     thin_factor,
 )
-from thoraxseg.data.volume import Volume, save_label, save_volume
-from thoraxseg.errors import InputError
-from thoraxseg.labels import Organ
-from thoraxseg.realign.transforms import (
+from thoraxseg.data.transforms import (
     COURSE_CENTER,
     COURSE_ROTATION_DEG,
     COURSE_SHIFT,
@@ -55,6 +52,9 @@ from thoraxseg.realign.transforms import (
     grid_scale,
     move_label,
 )
+from thoraxseg.data.volume import Volume, save_label, save_volume
+from thoraxseg.errors import InputError
+from thoraxseg.labels import Organ
 from thoraxseg.utils.atomic import atomic_dir, write_json_atomic
 from thoraxseg.utils.progress import make_progress
 
@@ -708,9 +708,9 @@ def _check_out(out: Path, overwrite: bool) -> bool:
     if not entries:
         return True
     if not overwrite:
-        raise InputError(out, "already exists and is not empty (use --force to replace a phantom cohort)")
+        raise InputError(out, "already exists and is not empty (use --overwrite to replace a phantom cohort)")
     if not (out / "phantom.json").is_file():
-        raise InputError(out, "not a phantom cohort (no phantom.json); refusing to replace it even with --force")
+        raise InputError(out, "not a phantom cohort (no phantom.json); refusing to replace it even with --overwrite")
     return True
 
 
@@ -760,8 +760,8 @@ def generate_cohort(
         Cohort seed: the same seed gives byte-identical files.
     corrupt_heart
         Move every heart label with the course's corruption
-        (:func:`thoraxseg.realign.transforms.course_matrix` scaled by
-        :func:`~thoraxseg.realign.transforms.grid_scale`); the first patient also
+        (:func:`thoraxseg.data.transforms.course_matrix` scaled by
+        :func:`~thoraxseg.data.transforms.grid_scale`); the first patient also
         keeps its clean label as ``GT_clean.nii.gz``.
     overwrite
         Replace an existing phantom cohort at ``out``.

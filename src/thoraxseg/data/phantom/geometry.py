@@ -298,17 +298,6 @@ def rotation_from_angles(yaw_deg: float, pitch_deg: float, roll_deg: float = 0.0
     return rz @ ry @ rx
 
 
-def frame_from_axis(axis: Sequence[float]) -> np.ndarray:
-    """Orthonormal 3×3 matrix whose first column is ``axis`` (normalised)."""
-    u = np.asarray(axis, dtype=np.float64)
-    u = u / np.linalg.norm(u)
-    helper = np.array([0.0, 0.0, 1.0]) if abs(u[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
-    v = np.cross(helper, u)
-    v /= np.linalg.norm(v)
-    w = np.cross(u, v)
-    return np.stack([u, v, w], axis=1)
-
-
 # -- rasterising tubes ----------------------------------------------------------------------
 @dataclass
 class Tube:

@@ -1,4 +1,7 @@
-"""Overlap metrics (Dice, IoU, precision, recall) and volumes from voxel counts.
+"""Overlap of label masks (Dice, IoU, precision, recall) and volumes: the one implementation.
+
+Used by ``evaluate`` (:mod:`thoraxseg.metrics`), the trainer's validation Dice, label QA, the
+realignment and the report; below all of them.
 
 Everything is computed from three counts: ``tp`` (voxels in both GT and
 prediction), ``n_gt`` and ``n_pred`` (voxels in each mask). Undefined ratios
@@ -17,11 +20,11 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
+
 NAN = float("nan")
-
-#: Overlap metric names, in CSV order.
-OVERLAP_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall")
-
 
 def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den > 0 else NAN
@@ -58,3 +61,35 @@ def overlap_metrics(tp: int, n_gt: int, n_pred: int, voxel_ml: float) -> dict[st
         "vol_gt_ml": round(n_gt * voxel_ml, 9),
         "vol_pred_ml": round(n_pred * voxel_ml, 9),
     }
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks (NaN when both are empty).
+
+    >>> dice(np.array([1, 1, 0], bool), np.array([0, 1, 1], bool))
+    0.5
+    """
+    n_a, n_b = int(np.count_nonzero(a)), int(np.count_nonzero(b))
+    return _ratio(2 * int(np.count_nonzero(a & b)), n_a + n_b)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (NaN when both are empty).
+
+    >>> iou(np.array([1, 1, 0], bool), np.array([0, 1, 1], bool))
+    0.3333333333333333
+    """
+    return _ratio(int(np.count_nonzero(a & b)), int(np.count_nonzero(a | b)))
+
+
+def dice_per_label(pred: np.ndarray, gt: np.ndarray, labels: Sequence[int]) -> dict[int, float]:
+    """Dice of each label value from one confusion matrix (NaN where a label is absent from both).
+
+    >>> g = np.zeros((4, 4, 4), np.uint8); g[:2] = 2
+    >>> p = np.zeros_like(g); p[:1] = 2
+    >>> {k: round(v, 4) for k, v in dice_per_label(p, g, [2]).items()}
+    {2: 0.6667}
+    """
+    n = int(max(int(gt.max(initial=0)), int(pred.max(initial=0)), *labels)) + 1
+    cm = np.bincount(gt.astype(np.int64).ravel() * n + pred.astype(np.int64).ravel(), minlength=n * n).reshape(n, n)
+    return {int(c): _ratio(2 * int(cm[c, c]), int(cm[c, :].sum() + cm[:, c].sum())) for c in labels}
