@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from thoraxseg.cli.train import add_train_arguments
+from thoraxseg.cli.train import add_train_arguments, train_setting_actions
 
 
 def train_argv(args: argparse.Namespace, device: str) -> list[str]:
@@ -15,21 +15,18 @@ def train_argv(args: argparse.Namespace, device: str) -> list[str]:
             "--out", str(args.out.expanduser().resolve()), "--device", device]
     if args.config is not None:
         argv += ["--config", str(args.config.expanduser().resolve())]
-    options = {
-        "--epochs": args.epochs, "--seed": args.seed, "--batch-size": args.batch_size, "--lr": args.lr,
-        "--schedule": args.schedule, "--image-size": args.image_size, "--spacing-mm": args.spacing_mm,
-        "--width": args.width,
-        "--val-fraction": args.val_fraction, "--samples-per-epoch": args.samples_per_epoch,
-        "--loader-workers": args.num_workers, "--threads": args.threads, "--folds": args.folds,
-        "--iterations-per-epoch": args.iterations_per_epoch, "--plans": args.plans,
-    }
-    for flag, value in options.items():
-        if value is not None:
+    for action in train_setting_actions():  # every setting option of `thoraxseg train`, as given
+        value = getattr(args, action.dest, None)
+        if value is None:
+            continue
+        flag = action.option_strings[0]
+        if action.nargs == 0:  # store_true / store_false: the flag itself
+            if value != action.default:
+                argv.append(flag)
+        else:
             argv += [flag, str(value)]
-    if args.amp:
-        argv.append("--amp")
-    if args.augment_enabled is False:
-        argv.append("--no-augment")
+    if args.epochs is not None:
+        argv += ["--epochs", str(args.epochs)]
     for key, value in args.settings:
         argv += ["--set", f"{key}={json.dumps(value)}"]
     return argv

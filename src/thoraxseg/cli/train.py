@@ -64,16 +64,23 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     n.add_argument("--plans", choices=("default", "cpu"), help="nnU-Net plans: default, or reduced for CPU")
 
 
+#: Options of :func:`add_train_arguments` that are not arm settings (paths, run length and device are passed apart).
+_NOT_SETTINGS = frozenset({"help", "model", "data", "out", "config", "epochs", "device", "settings", "old_workers"})
+#: Setting names of options whose argparse name differs (``--no-augment`` sets ``augment.enabled``).
+_SETTING_NAMES = {"augment_enabled": "augment.enabled"}
+
+
+def train_setting_actions() -> list[argparse.Action]:
+    """The ``thoraxseg train`` options that are arm settings, in order (one list: overrides and SLURM argv)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_train_arguments(parser)
+    return [a for a in parser._actions if a.dest not in _NOT_SETTINGS]
+
+
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword overrides for :func:`thoraxseg.training.train` from parsed arguments."""
-    overrides: dict[str, Any] = {
-        "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr, "schedule": args.schedule,
-        "image_size": args.image_size, "spacing_mm": args.spacing_mm, "width": args.width, "val_fraction": args.val_fraction,
-        "samples_per_epoch": args.samples_per_epoch, "num_workers": args.num_workers, "amp": args.amp,
-        "threads": args.threads,
-        "augment.enabled": args.augment_enabled,
-        "folds": args.folds, "iterations_per_epoch": args.iterations_per_epoch, "plans": args.plans,
-    }
+    overrides: dict[str, Any] = {_SETTING_NAMES.get(a.dest, a.dest): getattr(args, a.dest, None)
+                                 for a in train_setting_actions()}
     if getattr(args, "old_workers", None) is not None:
         _note("--workers of train is now --loader-workers (DataLoader processes); --workers is read as that")
         if overrides["num_workers"] is None:

@@ -14,6 +14,7 @@ import datetime as _dt
 import html
 import re
 from collections.abc import Callable, Iterable, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -45,63 +46,8 @@ TABLE_METRICS: tuple[str, ...] = ("dice", "precision", "recall", "nsd", "hd95", 
 PLOT_METRICS: tuple[str, ...] = ("dice", "hd95", "assd", "nsd", "precision", "recall")
 OPEN_STATS: tuple[str, ...] = ("dice", "hd95")
 
-CSS = """
-:root{--ink:#1f2933;--muted:#616e7c;--line:#e4e7eb;--bg:#f3f5f8;--accent:#2f6fad;--good:#1f7a32}
-*{box-sizing:border-box}
-body{margin:0;font:14.5px/1.5 -apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,"Noto Sans",sans-serif;
- color:var(--ink);background:var(--bg)}
-header.top{background:linear-gradient(120deg,#13293d 0%,#1d4e7a 60%,#2f6fad 100%);color:#fff;padding:22px 0 16px}
-.wrap{max-width:1240px;margin:0 auto;padding:0 28px}
-header h1{margin:0;font-size:25px;font-weight:650;letter-spacing:.2px}
-header .sub{opacity:.85;margin-top:3px;font-size:13.5px}
-header .badges{margin-top:10px}
-nav.toc{background:#fff;border-bottom:1px solid var(--line);font-size:13px}
-nav.toc a{display:inline-block;padding:8px 10px;color:var(--accent);text-decoration:none}
-nav.toc a:hover{background:#eef4fb}
-main{padding:6px 0 40px}
-section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:16px 22px;margin:16px 0;
- box-shadow:0 1px 2px rgba(16,24,40,.04)}
-h2{font-size:18px;margin:0 0 10px;padding-bottom:6px;border-bottom:2px solid #dbe7f3}
-h3{font-size:15px;margin:16px 0 6px}
-p{margin:6px 0}
-.muted{color:var(--muted)}
-.small{font-size:12.5px}
-.badge{display:inline-block;white-space:nowrap;padding:2px 10px;margin:0 6px 4px 0;border-radius:12px;font-size:12px;font-weight:650}
-.b-ok{background:#e3f9e5;color:#1f7a32}.b-warn{background:#fff3c4;color:#8d6708}
-.b-bad{background:#ffe3e3;color:#a61b1b}.b-info{background:#e6f0ff;color:#1d4f91}
-header .badge{background:rgba(255,255,255,.16);color:#fff}
-header .badge.b-warn{background:#f7c948;color:#3d2c00}
-.overview{display:grid;grid-template-columns:minmax(240px,0.9fr) minmax(0,2.6fr);gap:16px}
-.card{border:1px solid var(--line);border-radius:8px;padding:12px 16px;background:#fbfcfd}
-.card h3{margin-top:0}
-.headline{font-size:14px;margin-top:10px}
-.tablewrap{overflow-x:auto}
-table{border-collapse:collapse;font-variant-numeric:tabular-nums;font-size:13px;margin:6px 0}
-th,td{padding:4px 9px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
-th:first-child,td:first-child,td.l,th.l{text-align:left}
-thead th{background:#f0f4f8;font-weight:650;border-bottom:1px solid #cbd2d9}
-tbody tr:hover{background:#f8fbff}
-td.best{font-weight:700;color:var(--good)}
-td.wraptext{white-space:normal;min-width:320px}
-tr.sig td{background:#f1faf3}
-tr.flag td{background:#fff6e0}
-td.mark{font-weight:700;color:var(--good);text-align:left}
-td.ns{color:#9aa5b1;text-align:left}
-table.kv td{text-align:left;border:none;padding:2px 10px 2px 0;white-space:normal;vertical-align:top}
-table.kv td:first-child{color:var(--muted);white-space:nowrap}
-thead tr.group th{background:#e4ecf5;text-align:center;border-bottom:1px solid #cbd2d9}
-figure{margin:10px 0 14px}
-figure img{max-width:100%;height:auto;border:1px solid var(--line);border-radius:6px;background:#fff}
-figcaption{color:var(--muted);font-size:12.5px;margin-top:3px}
-.grid2{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:16px}
-.notrun{background:#f8f9fa;border:1px dashed #bcccdc;color:var(--muted);padding:9px 14px;border-radius:6px}
-.problem{background:#fff5f5;border:1px solid #ffc9c9;color:#a61b1b;padding:8px 14px;border-radius:6px}
-details{margin:8px 0}
-details summary{cursor:pointer;font-weight:650;color:var(--accent)}
-pre{background:#f5f7fa;border:1px solid var(--line);border-radius:6px;padding:10px;font-size:12px;overflow-x:auto}
-footer{color:var(--muted);font-size:12px;text-align:center;padding:10px 0 30px}
-@media (max-width:900px){.overview,.grid2{grid-template-columns:1fr}}
-"""
+#: The page's style sheet (package data ``report.css``), inlined into every report.
+CSS = (resources.files("thoraxseg.report") / "report.css").read_text(encoding="utf-8")
 
 _SECTIONS: tuple[tuple[str, str], ...] = (
     ("data", "Dataset and check"), ("realign", "Label fix"), ("metrics", "Metrics per arm"),
