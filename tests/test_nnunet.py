@@ -20,6 +20,7 @@ from thoraxseg.data.volume import Volume, load_image, load_label, save_volume
 from thoraxseg.errors import ConfigError, InputError
 from thoraxseg.nnunet import api, env, export, plans, runlog
 from thoraxseg.nnunet import settings as nnsettings
+from thoraxseg.nnunet import train as nntrain
 from thoraxseg.nnunet.trainer import find_checkpoint
 
 
@@ -313,19 +314,19 @@ def test_cpu_plan_setting_is_resolved_and_refused_for_the_default_plan() -> None
 def test_a_run_continues_with_the_cpu_plan_it_was_made_with(cohort: Path, tmp_path: Path) -> None:
     import yaml
 
-    new = api._start(cohort, tmp_path / "new", None, {"plans": "cpu"})[2]
+    new = nntrain._start(cohort, tmp_path / "new", None, {"plans": "cpu"})[2]
     assert new["cpu_plan"] == plans.CPU_PLAN.as_dict()
     run = tmp_path / "old"
     run.mkdir()
     old_cfg = {"model": "nnunet3d", "data": str(cohort.resolve()), "plans": "cpu", "dataset_id": 55,
                "dataset_name": "SegTHOR"}  # written before cpu_plan was recorded
     (run / "config.yaml").write_text(yaml.safe_dump(old_cfg))
-    assert api._start(cohort, run, None, {"plans": "cpu"})[2]["cpu_plan"] == plans.LEGACY_CPU_PLAN.as_dict()
+    assert nntrain._start(cohort, run, None, {"plans": "cpu"})[2]["cpu_plan"] == plans.LEGACY_CPU_PLAN.as_dict()
     with pytest.raises(ConfigError, match="other cpu_plan"):
-        api._start(cohort, run, None, {"plans": "cpu", "cpu_plan": plans.CPU_PLAN.as_dict()})
+        nntrain._start(cohort, run, None, {"plans": "cpu", "cpu_plan": plans.CPU_PLAN.as_dict()})
     (run / "config.yaml").write_text(yaml.safe_dump({**old_cfg, "cpu_plan": {**plans.CPU_PLAN.as_dict(),
                                                                              "base_features": 4}}))
-    assert api._start(cohort, run, None, {"plans": "cpu"})[2]["cpu_plan"]["base_features"] == 4
+    assert nntrain._start(cohort, run, None, {"plans": "cpu"})[2]["cpu_plan"]["base_features"] == 4
 
 
 @settings(max_examples=40, deadline=None)
