@@ -35,6 +35,11 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
+def note(text: str) -> None:
+    """One ``thoraxseg: note: …`` line on stderr (an old spelling read, a setting adjusted)."""
+    print(f"thoraxseg: note: {text}", file=sys.stderr)
+
+
 class RenamedFlag(argparse.Action):
     """An old spelling of a flag: still works, sets the new flag's value and prints one note (stderr)."""
 
@@ -45,7 +50,7 @@ class RenamedFlag(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
                  option_string: str | None = None) -> None:
-        print(f"thoraxseg: note: {option_string} is now {self.new}", file=sys.stderr)
+        note(f"{option_string} is now {self.new}")
         setattr(namespace, self.dest, True if self.nargs == 0 else values)
 
 

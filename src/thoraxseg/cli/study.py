@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from thoraxseg.cli import add_overwrite
 from thoraxseg.errors import ConfigError
 from thoraxseg.study import load_study_config, run_study
 from thoraxseg.utils.progress import console
+from thoraxseg.utils.settings import is_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_study_config(args.config)
     if args.device:
-        if re.fullmatch(r"cpu|cuda(:\d+)?", args.device) is None:
+        if not is_device(args.device):
             raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
         config.device = args.device
     if args.threads is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from thoraxseg.arms import arm_names, get_arm
+from thoraxseg.cli import note
 from thoraxseg.errors import ConfigError
 from thoraxseg.training.config import SCHEDULES
 
@@ -22,12 +23,6 @@ def _key_value(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         parsed = value
     return key.strip(), parsed
-
-
-def _note(text: str) -> None:
-    from thoraxseg.utils.progress import err_console
-
-    err_console.print(f"thoraxseg: note: {text}", markup=False, highlight=False)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -82,7 +77,7 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {_SETTING_NAMES.get(a.dest, a.dest): getattr(args, a.dest, None)
                                  for a in train_setting_actions()}
     if getattr(args, "old_workers", None) is not None:
-        _note("--workers of train is now --loader-workers (DataLoader processes); --workers is read as that")
+        note("--workers of train is now --loader-workers (DataLoader processes); --workers is read as that")
         if overrides["num_workers"] is None:
             overrides["num_workers"] = args.old_workers
     flags = {k for k, v in overrides.items() if v is not None}

@@ -15,7 +15,6 @@ Examples
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from thoraxseg.errors import ConfigError, InputError
 from thoraxseg.nnunet.env import default_processes
 from thoraxseg.nnunet.export import EXPORT_MODES, dataset_folder_name
 from thoraxseg.nnunet.plans import PLAN_CHOICES, CpuPlan
-from thoraxseg.utils.settings import build_dataclass, choice, unknown_message
+from thoraxseg.utils.settings import build_dataclass, choice, is_device, unknown_message
 from thoraxseg.utils.yamlfile import read_yaml_mapping
 
 MODEL = "nnunet3d"
@@ -134,7 +133,7 @@ def resolve_settings(config: Mapping[str, Any] | str | Path | None = None, **exp
     choice(s["plans"], PLAN_CHOICES, "plans")
     if s["device"] == "cuda:0":
         s["device"] = "cuda"
-    if re.fullmatch(r"cpu|cuda(:\d+)?", s["device"]) is None:
+    if not is_device(s["device"]):
         raise ConfigError(f"device must be cpu, cuda or cuda:N, got {s['device']!r}")
     s["folds"] = parse_folds(s["folds"])
     epochs, iters, val_iters = RUN_LENGTH[s["plans"]]

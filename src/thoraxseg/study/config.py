@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 from thoraxseg.arms import get_arm
 from thoraxseg.errors import ConfigError
 from thoraxseg.labels import organ_from_name
-from thoraxseg.utils.settings import build_dataclass, choice, unknown_message
+from thoraxseg.utils.settings import build_dataclass, choice, is_device, unknown_message
 from thoraxseg.utils.yamlfile import read_yaml_mapping
 
 
@@ -147,7 +146,7 @@ class StudyConfig:
         if not self.arms:
             raise ConfigError("no arms to train")
         checks = [
-            (re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
+            (is_device(self.device),
              f"device must be cpu, cuda or cuda:N, not {self.device!r}"),
             (data.test_cases >= 1, f"data.test_cases must be >= 1, not {data.test_cases!r}"),
             (self.threads is None or self.threads >= 1, f"threads must be a positive integer, not {self.threads!r}"),

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -71,6 +72,15 @@ def choice(value: Any, choices: Iterable[str], where: str) -> str:
     guess = nearest(str(value), choices)
     hint = f" (did you mean {guess}?)" if guess else ""
     raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}{hint}")
+
+
+def is_device(text: str) -> bool:
+    """True for the device names every command accepts: ``cpu``, ``cuda``, ``cuda:N``.
+
+    >>> is_device("cuda:1"), is_device("gpu")
+    (True, False)
+    """
+    return re.fullmatch(r"cpu|cuda(:\d+)?", str(text)) is not None
 
 
 def coerce(value: Any, hint: Any, where: str) -> Any:
