@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from thoraxseg.arms import Arm, arm_names, get_arm, register_arm, unregister_arm
+from thoraxseg.arms import Arm, TrainOption, arm_names, get_arm, register_arm, unregister_arm
 from thoraxseg.cli import main
 from thoraxseg.data.layout import StudyLayout, discover_cases, labelled_cases
 from thoraxseg.data.postprocess import keep_largest_component
@@ -31,14 +31,14 @@ EXTRA = "hounsfield"
 
 
 def _train(name: str, data: Path, out: Path, config: Any = None, epochs: int | None = None, device: str = "cpu",
-           seed: int = 0, **settings: Any) -> Path:
-    """'Learns' each organ's HU window (10th–90th percentile of its labelled voxels)."""
+           seed: int = 0, low: int = 10, **settings: Any) -> Path:
+    """'Learns' each organ's HU window (``low``-th to (100 − ``low``)-th percentile of its labelled voxels)."""
     values: dict[int, list[np.ndarray]] = {int(o): [] for o in ORGANS}
     for case in labelled_cases(data):
         ct, lab = load_image(case.image_path).array, load_label(case.label_path).array
         for o in values:
             values[o].append(ct[lab == o])
-    windows = {o: [float(np.percentile(np.concatenate(v), 10)), float(np.percentile(np.concatenate(v), 90))]
+    windows = {o: [float(np.percentile(np.concatenate(v), low)), float(np.percentile(np.concatenate(v), 100 - low))]
                for o, v in values.items()}
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "windows.json", windows)
@@ -74,7 +74,8 @@ def _check(name: str, config: dict[str, Any], epochs: int | None) -> None:
 def extra_arm() -> Iterator[Arm]:
     arm = register_arm(Arm(name=EXTRA, description="HU windows per organ (test arm)", train_impl=_train,
                            predict_impl=_predict, files_impl=lambda run, cfg: {"windows.json": run / "windows.json"},
-                           check_impl=_check, train_flags=frozenset({"seed"}), predict_options=("order",)))
+                           check_impl=_check, predict_options=("order",),
+                           train_options=(TrainOption("--low", "low", "lower HU percentile of a window", int),)))
     yield arm
     unregister_arm(EXTRA)
 
@@ -151,3 +152,11 @@ def test_train_cli_knows_a_registered_arm(extra_arm: Arm, tmp_path: Path, capsys
     assert json.loads((tmp_path / "r" / "windows.json").read_text())
     assert main(["train", "--model", EXTRA, "--data", str(data), "--out", str(tmp_path / "r2"), "--lr", "0.1"]) == 1
     assert f"lr apply to enet, customnet only, not {EXTRA}" in capsys.readouterr().err
+    # the arm's own flag, offered by `train` from the registry alone, and refused for the other arms
+    assert main(["train", "--model", EXTRA, "--data", str(data), "--out", str(tmp_path / "r3"), "--low", "30"]) == 0
+    narrow, wide = (json.loads((tmp_path / r / "windows.json").read_text()) for r in ("r3", "r"))
+    widths = [(narrow[o][1] - narrow[o][0], wide[o][1] - wide[o][0]) for o in wide]
+    assert all(n <= w for n, w in widths) and any(n < w for n, w in widths)  # 30-70 % inside 10-90 % of the same HU
+    assert main(["train", "--model", "enet", "--data", str(data), "--out", str(tmp_path / "r4"), "--low", "30"]) == 1
+    assert f"low apply to {EXTRA} only, not enet" in capsys.readouterr().err
+    assert not (tmp_path / "r4").exists()

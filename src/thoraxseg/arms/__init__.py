@@ -24,11 +24,28 @@ thoraxseg.errors.ConfigError: model: 'enett' is not one of enet, customnet, nnun
 
 from __future__ import annotations
 
-from thoraxseg.arms.registry import Arm, arm_names, get_arm, register_arm, unregister_arm
+from thoraxseg.arms.registry import Arm, TrainOption, arm_names, get_arm, register_arm, unregister_arm
 
-_2D_TRAIN_FLAGS = frozenset({"seed", "batch_size", "lr", "schedule", "image_size", "spacing_mm", "width",
-                             "val_fraction", "samples_per_epoch", "num_workers", "amp", "threads",
-                             "augment.enabled"})
+#: Learning-rate schedules of the 2D arms (``optim.schedule``).
+SCHEDULES: tuple[str, ...] = ("none", "cosine", "poly")
+
+#: The 2D arms' ``thoraxseg train`` flags (settings of :class:`thoraxseg.training.config.TrainConfig`).
+_2D_TRAIN_OPTIONS: tuple[TrainOption, ...] = (
+    TrainOption("--batch-size", "batch_size", "slices per step and process (default 8)", int),
+    TrainOption("--lr", "lr", "AdamW learning rate (default 1e-3)", float),
+    TrainOption("--schedule", "schedule", "learning-rate schedule (default none)", choices=SCHEDULES),
+    TrainOption("--image-size", "image_size", "side of the square training crops in pixels (default 256)", int),
+    TrainOption("--spacing-mm", "spacing_mm", "in-plane pixel size in mm every slice is resampled to "
+                "(default: the training set's median field of view / image size)", float),
+    TrainOption("--width", "width", "network width (default: ENet 16, CustomNet 64)", int),
+    TrainOption("--val-fraction", "val_fraction", "fraction of patients for validation (default 0.2)", float),
+    TrainOption("--samples-per-epoch", "samples_per_epoch", "random training slices per epoch (default: all)", int),
+    TrainOption("--loader-workers", "num_workers", "DataLoader worker processes (default 0)", int,
+                old_flags=("--workers",)),
+    TrainOption("--threads", "threads", "CPU threads for torch (default: one per core)", int),
+    TrainOption("--amp", "amp", "bfloat16 autocast on CUDA", switch=True),
+    TrainOption("--no-augment", "augment.enabled", "disable augmentation", switch=False),
+)
 _2D_PREDICT = ("batch_size", "checkpoint", "amp")
 
 for _name, _what in (("enet", "ENet, 2D (Paszke et al. 2016)"), ("customnet", "CustomNet, 2D U-Net (64→512)")):
@@ -40,7 +57,7 @@ for _name, _what in (("enet", "ENet, 2D (Paszke et al. 2016)"), ("customnet", "C
         files_impl="thoraxseg.inference.bundle:files_2d",
         facts_impl="thoraxseg.inference.bundle:facts_2d",
         check_impl="thoraxseg.training:check_2d_settings",
-        train_flags=_2D_TRAIN_FLAGS,
+        train_options=_2D_TRAIN_OPTIONS,
         predict_options=_2D_PREDICT,
         launcher="torchrun",
     ))
@@ -52,10 +69,14 @@ register_arm(Arm(
     files_impl="thoraxseg.nnunet.api:files_nnunet",
     facts_impl="thoraxseg.nnunet.api:facts_nnunet",
     check_impl="thoraxseg.nnunet.settings:check_settings",
-    train_flags=frozenset({"seed", "folds", "iterations_per_epoch", "plans"}),
+    train_options=(
+        TrainOption("--folds", "folds", "fold to train: 0-4 or 'all'"),
+        TrainOption("--iterations-per-epoch", "iterations_per_epoch", "training iterations per epoch", int),
+        TrainOption("--plans", "plans", "nnU-Net plans: default, or reduced for CPU", choices=("default", "cpu")),
+    ),
     predict_options=("tta", "step", "checkpoint", "folds", "verbose"),
     packages=("thoraxseg", "torch", "nnunetv2"),
     launcher="python",
 ))
 
-__all__ = ["Arm", "arm_names", "get_arm", "register_arm", "unregister_arm"]
+__all__ = ["SCHEDULES", "Arm", "TrainOption", "arm_names", "get_arm", "register_arm", "unregister_arm"]

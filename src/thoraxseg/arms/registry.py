@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,32 @@ def _load(impl: Impl) -> Callable[..., Any]:
         return impl
     module, _, attr = impl.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+#: Settings every arm takes from a ``thoraxseg train`` option of its own (``--seed``).
+COMMON_TRAIN_SETTINGS: frozenset[str] = frozenset({"seed"})
+
+
+@dataclass(frozen=True)
+class TrainOption:
+    """One arm-specific ``thoraxseg train`` flag and the arm setting it sets.
+
+    >>> TrainOption("--no-augment", "augment.enabled", "disable augmentation", switch=False).dest
+    'augment_enabled'
+    """
+
+    flag: str  #: e.g. ``"--batch-size"``
+    setting: str  #: dotted settings key, e.g. ``"augment.enabled"``
+    help: str
+    type: Callable[[str], Any] = str  #: parses the flag's value (ignored for a switch)
+    choices: tuple[str, ...] | None = None
+    switch: bool | None = None  #: a flag without a value that sets this (``--amp``: True, ``--no-augment``: False)
+    old_flags: tuple[str, ...] = ()  #: earlier spellings, still read (with a note)
+
+    @property
+    def dest(self) -> str:
+        """The argparse destination (the setting with ``_`` for ``.``)."""
+        return self.setting.replace(".", "_")
 
 
 @dataclass(frozen=True)
@@ -45,8 +71,9 @@ class Arm:
     check_impl
         ``(name, config, epochs) -> None``: check a settings mapping up front (before any work), raising
         :class:`~thoraxseg.errors.ConfigError`; None: nothing to check.
-    train_flags
-        The ``thoraxseg train`` options (argparse names) that apply to this arm.
+    train_options
+        The arm's own ``thoraxseg train`` flags (:class:`TrainOption`); ``thoraxseg train`` and
+        ``thoraxseg slurm train`` offer them, and refuse them for other arms.
     predict_options
         The keyword options of ``predict_impl`` beyond run/images/out/postprocess/device.
     packages
@@ -62,10 +89,15 @@ class Arm:
     files_impl: Impl
     facts_impl: Impl | None = None
     check_impl: Impl | None = None
-    train_flags: frozenset[str] = field(default_factory=frozenset)
+    train_options: tuple[TrainOption, ...] = ()
     predict_options: tuple[str, ...] = ()
     packages: tuple[str, ...] = ("thoraxseg", "torch")
     launcher: str = "python"
+
+    @property
+    def train_flags(self) -> frozenset[str]:
+        """Settings this arm takes from ``thoraxseg train`` options: ``--seed`` and its own options."""
+        return COMMON_TRAIN_SETTINGS | {o.setting for o in self.train_options}
 
     def train(self, data: Path, out: Path, config: Mapping[str, Any] | Path | str | None = None,
               epochs: int | None = None, device: str = "cpu", **settings: Any) -> Path:

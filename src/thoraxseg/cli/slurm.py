@@ -41,8 +41,6 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if args.gpus > 0 else "cpu")
     from thoraxseg.arms import get_arm
 
-    if args.old_workers is not None and args.num_workers is None:
-        args.num_workers = args.old_workers
     if args.workers_default and args.num_workers is None and "num_workers" in get_arm(args.model).train_flags:
         args.num_workers = max(spec.cpus_per_gpu - 1, 0)
     text = sbatch_script(train_argv(args, device), spec, model=args.model, out=args.out)

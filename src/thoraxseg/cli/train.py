@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from thoraxseg.arms import arm_names, get_arm
-from thoraxseg.cli import note
+from thoraxseg.arms import TrainOption, arm_names, get_arm
+from thoraxseg.cli import RenamedFlag
 from thoraxseg.errors import ConfigError
-from thoraxseg.training.config import SCHEDULES
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -34,52 +33,58 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="number of epochs (default 100)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--seed", type=int, help="seed of split, initialisation, data order, augmentation (default 0)")
-    g = p.add_argument_group("2D arms (enet, customnet)")
-    g.add_argument("--batch-size", type=int, help="slices per step and process (default 8)")
-    g.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
-    g.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default none)")
-    g.add_argument("--image-size", type=int, help="side of the square training crops in pixels (default 256)")
-    g.add_argument("--spacing-mm", type=float, help="in-plane pixel size in mm every slice is resampled to "
-                   "(default: the training set's median field of view / image size)")
-    g.add_argument("--width", type=int, help="network width (default: ENet 16, CustomNet 64)")
-    g.add_argument("--val-fraction", type=float, help="fraction of patients for validation (default 0.2)")
-    g.add_argument("--samples-per-epoch", type=int, help="random training slices per epoch (default: all)")
-    g.add_argument("--loader-workers", type=int, dest="num_workers", help="DataLoader worker processes (default 0)")
-    g.add_argument("--workers", type=int, dest="old_workers", help=argparse.SUPPRESS)  # before 0.3: --loader-workers
-    g.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core)")
-    g.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast on CUDA")
-    g.add_argument("--no-augment", dest="augment_enabled", action="store_false", default=None,
-                   help="disable augmentation")
     p.add_argument("--set", dest="settings", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="any other setting of the arm, e.g. --set loss.class_weights.esophagus=0.4 (2D) or "
                         "--set final_validation=false (nnunet3d) (repeatable)")
-    n = p.add_argument_group("nnU-Net arm (nnunet3d)")
-    n.add_argument("--folds", help="fold to train: 0-4 or 'all' (nnunet3d)")
-    n.add_argument("--iterations-per-epoch", type=int, help="training iterations per epoch (nnunet3d)")
-    n.add_argument("--plans", choices=("default", "cpu"), help="nnU-Net plans: default, or reduced for CPU")
+    for names, options in _option_groups():
+        g = p.add_argument_group(f"options of {', '.join(names)}")
+        for o in options:
+            if o.switch is not None:
+                g.add_argument(o.flag, dest=o.dest, action="store_true" if o.switch else "store_false", default=None,
+                               help=o.help)
+            else:
+                g.add_argument(o.flag, dest=o.dest, type=o.type, choices=o.choices, help=o.help)
+            for old in o.old_flags:
+                g.add_argument(old, dest=o.dest, type=o.type, action=RenamedFlag, nargs=None, new=o.flag)
+
+
+def _option_groups() -> list[tuple[list[str], tuple[TrainOption, ...]]]:
+    """Arms that share the same train options, with those options (registration order; one group per set)."""
+    groups: list[tuple[list[str], tuple[TrainOption, ...]]] = []
+    for name in arm_names():
+        options = get_arm(name).train_options
+        if not options:
+            continue
+        for names, opts in groups:
+            if opts == options:
+                names.append(name)
+                break
+        else:
+            groups.append(([name], options))
+    return groups
 
 
 #: Options of :func:`add_train_arguments` that are not arm settings (paths, run length and device are passed apart).
-_NOT_SETTINGS = frozenset({"help", "model", "data", "out", "config", "epochs", "device", "settings", "old_workers"})
-#: Setting names of options whose argparse name differs (``--no-augment`` sets ``augment.enabled``).
-_SETTING_NAMES = {"augment_enabled": "augment.enabled"}
+_NOT_SETTINGS = frozenset({"help", "model", "data", "out", "config", "epochs", "device", "settings"})
 
 
 def train_setting_actions() -> list[argparse.Action]:
     """The ``thoraxseg train`` options that are arm settings, in order (one list: overrides and SLURM argv)."""
     parser = argparse.ArgumentParser(add_help=False)
     add_train_arguments(parser)
-    return [a for a in parser._actions if a.dest not in _NOT_SETTINGS]
+    return [a for a in parser._actions if a.dest not in _NOT_SETTINGS and not isinstance(a, RenamedFlag)]
+
+
+def _setting_names() -> dict[str, str]:
+    """argparse destination → dotted setting name, for every arm's train options."""
+    return {o.dest: o.setting for name in arm_names() for o in get_arm(name).train_options}
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword overrides for :func:`thoraxseg.training.train` from parsed arguments."""
-    overrides: dict[str, Any] = {_SETTING_NAMES.get(a.dest, a.dest): getattr(args, a.dest, None)
+    names = _setting_names()
+    overrides: dict[str, Any] = {names.get(a.dest, a.dest): getattr(args, a.dest, None)
                                  for a in train_setting_actions()}
-    if getattr(args, "old_workers", None) is not None:
-        note("--workers of train is now --loader-workers (DataLoader processes); --workers is read as that")
-        if overrides["num_workers"] is None:
-            overrides["num_workers"] = args.old_workers
     flags = {k for k, v in overrides.items() if v is not None}
     arm = get_arm(args.model)
     foreign = sorted(flags - arm.train_flags)

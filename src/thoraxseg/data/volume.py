@@ -149,7 +149,7 @@ def load_volume(path: str | Path) -> Volume:
     if not p.is_file():
         raise InputError(p, "not a file")
     try:
-        img = nib.load(str(p))
+        img = nib.load(str(p), mmap=False)  # into memory: no lazy reads of a file that may change
         if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
             raise InputError(p, f"not a NIfTI image ({type(img).__name__})")
         array = np.asanyarray(img.dataobj)
@@ -168,7 +168,9 @@ def load_volume(path: str | Path) -> Volume:
     affine = img.affine
     if affine is None or not np.all(np.isfinite(affine)):
         raise InputError(p, "missing or non-finite affine (geometry)")
-    return Volume(np.ascontiguousarray(array), affine, img.header.copy(), p)
+    # nibabel returns the file's own (Fortran, x fastest) order; copying it to C order cost ~0.4 s per
+    # label and ~0.6 s per CT of 512 x 512 x 200 on every read, and nothing downstream needs C order.
+    return Volume(array, affine, img.header.copy(), p)
 
 
 def read_grid(path: str | Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:

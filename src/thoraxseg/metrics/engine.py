@@ -59,7 +59,12 @@ def label_boxes(labels: np.ndarray, codes: Iterable[int]) -> dict[int, Box | Non
     if fg is None:
         return dict.fromkeys(wanted)
     max_label = max(wanted)
-    found = ndimage.find_objects(labels[fg], max_label=max_label)
+    crop = labels[fg]
+    if crop.flags.f_contiguous and not crop.flags.c_contiguous:
+        # a NIfTI file's own (x-fastest) order: find_objects walks the transposed (C-ordered) view ~3x faster
+        found = [None if b is None else b[::-1] for b in ndimage.find_objects(crop.T, max_label=max_label)]
+    else:
+        found = ndimage.find_objects(crop, max_label=max_label)
     out: dict[int, Box | None] = {}
     for code in wanted:
         box = found[code - 1] if code >= 1 else None

@@ -36,14 +36,13 @@ from typing import Any
 
 import yaml
 
-from thoraxseg.arms import arm_names
+from thoraxseg.arms import SCHEDULES, arm_names
 from thoraxseg.errors import ConfigError
 from thoraxseg.losses import DEFAULT_CLASS_WEIGHTS
 from thoraxseg.networks import MODELS_2D, SIZE_MULTIPLE
 from thoraxseg.utils.settings import build_dataclass
 from thoraxseg.utils.yamlfile import read_yaml_mapping
 
-SCHEDULES: tuple[str, ...] = ("none", "cosine", "poly")
 #: How slices reach the network grid (see :class:`TrainConfig`, ``preprocessing``).
 PREPROCESSING: tuple[str, ...] = ("spacing", "square")
 
