@@ -89,3 +89,11 @@ def test_submit_without_sbatch_is_a_clear_error(tmp_path: Path, monkeypatch: pyt
     err = capsys.readouterr().err
     assert "sbatch was not found" in err and err.count("\n") == 1
     assert (tmp_path / "run" / "slurm_train.sbatch").is_file()  # the script is still there to submit by hand
+
+
+def test_old_workers_flag_is_read_as_loader_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # train's --workers (before --loader-workers) still sets the DataLoader processes, with one note
+    text = _script(tmp_path, "--workers", "3")
+    train_line = next(line for line in text.splitlines() if "thoraxseg.cli train" in line)
+    assert "--loader-workers 3" in train_line and "--workers" not in train_line.replace("--loader-workers", "")
+    assert "note: --workers is now --loader-workers" in capsys.readouterr().err
