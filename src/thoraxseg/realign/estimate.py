@@ -431,18 +431,98 @@ def _subsample(rng: np.random.Generator, pts: np.ndarray, n: int) -> np.ndarray:
 
 def _estimate_sweep(moved: np.ndarray, clean: np.ndarray, spacing: np.ndarray, seed: int,
                     occluder: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Rigid voxel matrix clean → moved in four phases: sweep, surface bands, distance fit, overlap polish."""
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    shape = np.asarray(moved.shape)
     c_clean = centroid(clean)
     c_moved = centroid(moved)
+    fit = _Fit(spacing, c_clean, np.asarray(moved.shape))
     t_init = spacing * (c_moved - c_clean)  # mm; rotations are about the clean centroid
+    best_angle, best_score, factor = _sweep_inplane(fit, clean, moved, t_init)
+    timings["sweep_s"] = time.perf_counter() - t
 
-    def matrix_of(x: np.ndarray) -> np.ndarray:
-        return rigid_voxel_matrix(x[:3], x[3:], c_clean, spacing)
+    t = time.perf_counter()
+    fit.bands(clean, moved, seed, occluder)
+    timings["distance_maps_s"] = time.perf_counter() - t
 
-    # --- 1-2. centroid alignment + coarse-to-fine in-plane sweep on block-averaged masks
-    factor = np.maximum(1, np.rint(_COARSE_MM / spacing)).astype(np.int64)
+    t = time.perf_counter()
+    x, nfev = _refine_distance(fit, np.r_[0.0, 0.0, np.deg2rad(best_angle), t_init])
+    x_distance = x.copy()
+    timings["refine_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    x, polish, used = _polish_overlap(fit, clean, moved, x)
+    timings["polish_s"] = time.perf_counter() - t
+
+    matrix = fit.matrix_of(x)
+    info: dict[str, Any] = {
+        "centroid_clean_voxel": _round(c_clean, 3),
+        "centroid_moved_voxel": _round(c_moved, 3),
+        "coarse_factor": [int(v) for v in factor],
+        "sweep_inplane_deg": round(best_angle, 3),
+        "sweep_coarse_iou": round(best_score, 4),
+        "band_points": int(fit.p_c.shape[0] + fit.p_m.shape[0]),
+        "band_points_used": used,
+        "refine_evaluations": nfev,
+        "refine_inplane_deg": round(rotation_parameters(fit.matrix_of(x_distance), spacing)[2], 4),
+        **polish,
+        **{k: round(v, 3) for k, v in timings.items()},
+    }
+    return matrix, info
+
+
+class _Fit:
+    """One clean → moved fit: the parametrisation (rotations about the clean centroid, mm) and the band points."""
+
+    def __init__(self, spacing: np.ndarray, c_clean: np.ndarray, shape: np.ndarray) -> None:
+        self.spacing, self.c_clean, self.shape = spacing, c_clean, shape
+        self.near_occ: np.ndarray | None = None
+        self.radius_mm = 1.0  #: rms distance (mm) of the fit points from the clean centroid (set by the fit)
+
+    def matrix_of(self, x: np.ndarray) -> np.ndarray:
+        """Voxel matrix of parameters ``x`` (3 rotations in rad, 3 translations in mm)."""
+        return rigid_voxel_matrix(x[:3], x[3:], self.c_clean, self.spacing)
+
+    def bands(self, clean: np.ndarray, moved: np.ndarray, seed: int, occluder: np.ndarray | None) -> None:
+        """Signed distance maps and the points within ±band of each surface (seeded subsets)."""
+        spacing, shape = self.spacing, self.shape
+        band_mm = _BAND_VOX * float(spacing.max())
+        margin = np.ceil(band_mm / spacing).astype(np.int64) + 3
+        self.sd_c = sd_c = _Field.signed_distance(clean, spacing, margin)
+        self.sd_m = sd_m = _Field.signed_distance(moved, spacing, margin)
+        rng = np.random.default_rng(seed)
+        p_c = sd_c.band_points(band_mm)
+        self.p_c = _subsample(rng, p_c[_inside_grid(p_c, shape, _EDGE_VOX)], _MAX_POINTS)
+        p_m = sd_m.band_points(band_mm)
+        keep = _inside_grid(p_m, shape, _EDGE_VOX)
+        if occluder is not None and occluder[bbox_slices((sd_m.lo, sd_m.hi))].any():
+            # Voxels within the band of another organ of the moved file: the moved organ may have lost
+            # voxels there, so its surface there is not the organ's surface.
+            crop = occluder[bbox_slices((sd_m.lo, sd_m.hi))]
+            self.near_occ = ndimage.distance_transform_edt(~crop, sampling=spacing) <= band_mm + float(spacing.max())
+            keep &= ~self.near_occ[tuple(np.rint(p_m - sd_m.lo).astype(np.int64).T)]
+        self.p_m = _subsample(rng, p_m[keep], _MAX_POINTS)
+
+    def mapped(self, x: np.ndarray, pc: np.ndarray, pm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Clean points mapped into the moved grid, moved points mapped into the clean grid."""
+        f = self.matrix_of(x)
+        fi = np.linalg.inv(f)
+        return pc @ f[:3, :3].T + f[:3, 3], pm @ fi[:3, :3].T + fi[:3, 3]
+
+    def usable(self, x: np.ndarray, pc: np.ndarray, pm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Points whose image lies inside the other grid (and, clean → moved, off any occluder)."""
+        q_m, q_c = self.mapped(x, pc, pm)
+        ok1 = _inside_grid(q_m, self.shape, _EDGE_VOX)
+        if self.near_occ is not None:
+            k = np.clip(np.rint(q_m - self.sd_m.lo).astype(np.int64), 0, np.asarray(self.near_occ.shape) - 1)
+            ok1 &= ~self.near_occ[tuple(k.T)]
+        return ok1, _inside_grid(q_c, self.shape, _EDGE_VOX)
+
+
+def _sweep_inplane(fit: _Fit, clean: np.ndarray, moved: np.ndarray,
+                   t_init: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """Centroid alignment + coarse-to-fine in-plane sweep on block-averaged masks: (angle °, coarse IoU, factor)."""
+    factor = np.maximum(1, np.rint(_COARSE_MM / fit.spacing)).astype(np.int64)
     bb_c = mask_bbox(clean)
     bb_m = mask_bbox(moved)
     assert bb_c is not None and bb_m is not None
@@ -455,7 +535,7 @@ def _estimate_sweep(moved: np.ndarray, clean: np.ndarray, spacing: np.ndarray, s
     pts_coarse = coarse_c.points()
 
     def sweep(angles_deg: np.ndarray) -> np.ndarray:
-        mats = np.stack([matrix_of(np.r_[0.0, 0.0, np.deg2rad(a), t_init]) for a in angles_deg])
+        mats = np.stack([fit.matrix_of(np.r_[0.0, 0.0, np.deg2rad(a), t_init]) for a in angles_deg])
         return _coarse_iou(mats, pts_coarse, coarse_m)
 
     coarse_angles = np.arange(-180.0, 180.0, _COARSE_STEP_DEG)
@@ -467,59 +547,25 @@ def _estimate_sweep(moved: np.ndarray, clean: np.ndarray, spacing: np.ndarray, s
         j = int(np.argmax(scores))
         if scores[j] > best_score:
             best_angle, best_score = float(fine[j]), float(scores[j])
-    timings["sweep_s"] = time.perf_counter() - t
+    return best_angle, best_score, factor
 
-    # --- surface bands: signed distance maps and the points within ±band of each surface
-    t = time.perf_counter()
-    band_mm = _BAND_VOX * float(spacing.max())
-    margin = np.ceil(band_mm / spacing).astype(np.int64) + 3
-    sd_c = _Field.signed_distance(clean, spacing, margin)
-    sd_m = _Field.signed_distance(moved, spacing, margin)
-    rng = np.random.default_rng(seed)
-    p_c = sd_c.band_points(band_mm)
-    p_c = _subsample(rng, p_c[_inside_grid(p_c, shape, _EDGE_VOX)], _MAX_POINTS)
-    p_m = sd_m.band_points(band_mm)
-    keep = _inside_grid(p_m, shape, _EDGE_VOX)
-    near_occ = None
-    if occluder is not None and occluder[bbox_slices((sd_m.lo, sd_m.hi))].any():
-        # Voxels within the band of another organ of the moved file: the moved organ may have lost
-        # voxels there, so its surface there is not the organ's surface.
-        crop = occluder[bbox_slices((sd_m.lo, sd_m.hi))]
-        near_occ = ndimage.distance_transform_edt(~crop, sampling=spacing) <= band_mm + float(spacing.max())
-        keep &= ~near_occ[tuple(np.rint(p_m - sd_m.lo).astype(np.int64).T)]
-    p_m = _subsample(rng, p_m[keep], _MAX_POINTS)
-    timings["distance_maps_s"] = time.perf_counter() - t
 
-    def mapped(x: np.ndarray, pc: np.ndarray = p_c, pm: np.ndarray = p_m) -> tuple[np.ndarray, np.ndarray]:
-        """Clean points mapped into the moved grid, moved points mapped into the clean grid."""
-        f = matrix_of(x)
-        fi = np.linalg.inv(f)
-        return pc @ f[:3, :3].T + f[:3, 3], pm @ fi[:3, :3].T + fi[:3, 3]
-
-    def usable(x: np.ndarray, pc: np.ndarray = p_c, pm: np.ndarray = p_m) -> tuple[np.ndarray, np.ndarray]:
-        """Points whose image lies inside the other grid (and, clean → moved, off any occluder)."""
-        q_m, q_c = mapped(x, pc, pm)
-        ok1 = _inside_grid(q_m, shape, _EDGE_VOX)
-        if near_occ is not None:
-            k = np.clip(np.rint(q_m - sd_m.lo).astype(np.int64), 0, np.asarray(near_occ.shape) - 1)
-            ok1 &= ~near_occ[tuple(k.T)]
-        return ok1, _inside_grid(q_c, shape, _EDGE_VOX)
-
-    # --- 3a. robust least squares on the signed distance maps (a subset of the band points)
-    t = time.perf_counter()
-    pc_fit, pm_fit = p_c[: _FIT_POINTS], p_m[: _FIT_POINTS]  # already in random order
-    v_c = sd_c.sample(pc_fit)
-    v_m = sd_m.sample(pm_fit)
+def _refine_distance(fit: _Fit, x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Robust least squares on the signed distance maps (a subset of the band points); (x quantised, evaluations)."""
+    spacing, c_clean = fit.spacing, fit.c_clean
+    pc_fit, pm_fit = fit.p_c[: _FIT_POINTS], fit.p_m[: _FIT_POINTS]  # already in random order
+    v_c = fit.sd_c.sample(pc_fit)
+    v_m = fit.sd_m.sample(pm_fit)
     radius_mm = float(np.sqrt(np.mean(np.sum(((pc_fit - c_clean) * spacing) ** 2, axis=1)))) or 1.0
-    x = np.r_[0.0, 0.0, np.deg2rad(best_angle), t_init]
+    fit.radius_mm = radius_mm
     nfev = 0
     for _ in range(_OUTER_ROUNDS):  # the usable point set is fixed within a round: a smooth objective
-        ok1, ok2 = usable(x, pc_fit, pm_fit)
+        ok1, ok2 = fit.usable(x, pc_fit, pm_fit)
 
         def residuals(x: np.ndarray, ok1: np.ndarray = ok1, ok2: np.ndarray = ok2) -> np.ndarray:
-            q_m, q_c = mapped(x, pc_fit, pm_fit)
-            return np.concatenate([np.where(ok1, sd_m.sample(q_m) - v_c, 0.0),
-                                   np.where(ok2, sd_c.sample(q_c) - v_m, 0.0)])
+            q_m, q_c = fit.mapped(x, pc_fit, pm_fit)
+            return np.concatenate([np.where(ok1, fit.sd_m.sample(q_m) - v_c, 0.0),
+                                   np.where(ok2, fit.sd_c.sample(q_c) - v_m, 0.0)])
 
         res = optimize.least_squares(
             residuals, x, loss="soft_l1", f_scale=float(spacing.min()), method="trf",
@@ -530,45 +576,30 @@ def _estimate_sweep(moved: np.ndarray, clean: np.ndarray, spacing: np.ndarray, s
         x = res.x
         if np.all(step[:3] * radius_mm < 0.01) and np.all(step[3:] < 0.01):
             break
-    x = np.round(x / _QUANTUM) * _QUANTUM  # machine-independent start for the polish
-    x_distance = x.copy()
-    timings["refine_s"] = time.perf_counter() - t
+    return np.round(x / _QUANTUM) * _QUANTUM, nfev  # quantised: a machine-independent start for the polish
 
-    # --- 3b. polish on the exact overlap: nearest-neighbour disagreement of the two masks at all
-    # band points (both directions), minimised by a compass search over the six parameters
-    t = time.perf_counter()
+
+def _polish_overlap(fit: _Fit, clean: np.ndarray, moved: np.ndarray,
+                    x: np.ndarray) -> tuple[np.ndarray, dict[str, Any], int]:
+    """Polish on the exact overlap: nearest-neighbour disagreement of the two masks at the band points (both
+    directions), minimised by a compass search over the six parameters; (x, search facts, points used)."""
+    spacing = fit.spacing
     polish_mm = _POLISH_BAND_VOX * float(spacing.max())
-    pp_c = p_c[np.abs(sd_c.sample(p_c)) <= polish_mm]
-    pp_m = p_m[np.abs(sd_m.sample(p_m)) <= polish_mm]
-    ok1, ok2 = usable(x, pp_c, pp_m)
-    look_c = _Nearest(clean, sd_c.lo, sd_c.hi)
-    look_m = _Nearest(moved, sd_m.lo, sd_m.hi)
+    pp_c = fit.p_c[np.abs(fit.sd_c.sample(fit.p_c)) <= polish_mm]
+    pp_m = fit.p_m[np.abs(fit.sd_m.sample(fit.p_m)) <= polish_mm]
+    ok1, ok2 = fit.usable(x, pp_c, pp_m)
+    look_c = _Nearest(clean, fit.sd_c.lo, fit.sd_c.hi)
+    look_m = _Nearest(moved, fit.sd_m.lo, fit.sd_m.hi)
     in_c = look_c(pp_c)
     in_m = look_m(pp_m)
 
     def disagreement(x: np.ndarray) -> int:
-        q_m, q_c = mapped(x, pp_c, pp_m)
+        q_m, q_c = fit.mapped(x, pp_c, pp_m)
         return int(np.count_nonzero((look_m(q_m) != in_c) & ok1) + np.count_nonzero((look_c(q_c) != in_m) & ok2))
 
-    unit = np.r_[np.full(3, float(spacing.min()) / radius_mm), spacing]
+    unit = np.r_[np.full(3, float(spacing.min()) / fit.radius_mm), spacing]
     x, polish = _powell(disagreement, x, unit)
-    timings["polish_s"] = time.perf_counter() - t
-
-    matrix = matrix_of(x)
-    info: dict[str, Any] = {
-        "centroid_clean_voxel": _round(c_clean, 3),
-        "centroid_moved_voxel": _round(c_moved, 3),
-        "coarse_factor": [int(v) for v in factor],
-        "sweep_inplane_deg": round(best_angle, 3),
-        "sweep_coarse_iou": round(best_score, 4),
-        "band_points": int(p_c.shape[0] + p_m.shape[0]),
-        "band_points_used": int(ok1.sum() + ok2.sum()),
-        "refine_evaluations": nfev,
-        "refine_inplane_deg": round(rotation_parameters(matrix_of(x_distance), spacing)[2], 4),
-        **polish,
-        **{k: round(v, 3) for k, v in timings.items()},
-    }
-    return matrix, info
+    return x, polish, int(ok1.sum() + ok2.sum())
 
 
 # ----------------------------------------------------------------------------- elastix

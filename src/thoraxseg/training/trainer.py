@@ -45,7 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from thoraxseg.arms.curves import plot_curves
-from thoraxseg.data.layout import labelled_cases
+from thoraxseg.data.layout import Case, labelled_cases
 from thoraxseg.data.overlap import dice_per_label
 from thoraxseg.errors import ConfigError
 from thoraxseg.labels import ORGAN_NAMES, ORGANS
@@ -259,13 +259,9 @@ def train_2d(cfg: TrainConfig) -> Path:
 
 
 def _train(cfg: TrainConfig, info: D.DistInfo) -> Path:
+    """Train (or resume) one run: prepare the folder, build everything, then epochs of train + validate + save."""
     out = Path(cfg.out)
-    device = info.device
-    cases = labelled_cases(cfg.data)
-    train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed, cfg.val_cases)
-    if cfg.preprocessing == "spacing" and cfg.spacing_mm is None:
-        # derived from the headers (identical on every process); written to config.yaml below
-        cfg = dataclasses.replace(cfg, spacing_mm=derive_spacing_mm(train_cases, cfg.image_size))
+    cfg, train_cases, val_cases = _split(cfg)
     state = _check_resume(out, cfg) if info.is_main else None
     resumed_epoch = int(D.broadcast_object(state["epoch"] if state else 0, info))  # type: ignore[arg-type]
     if info.is_main:
@@ -276,7 +272,63 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> Path:
         if info.is_main:
             console.print(f"{out}: already trained for {resumed_epoch} epochs (>= {cfg.epochs}); nothing to do")
         return out
+    run = _build(cfg, info, out, train_cases, val_cases)
+    if resumed_epoch:
+        _restore(run, state, resumed_epoch)
+    elif info.is_main:
+        console.print(f"{cfg.model}: {count_parameters(run.net) / 1e6:.3f} M parameters, "
+                      f"{len(train_cases)} training / {len(val_cases)} validation patients, "
+                      f"{len(run.dataset)} training slices ({grid_text(cfg.image_size, cfg.spacing_mm)}), "
+                      f"{info.world_size} process(es) on {run.device}", soft_wrap=True)
+    for epoch in range(resumed_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        lr = run.optimizer.param_groups[0]["lr"]
+        train_loss, steps, samples = _train_epoch(run, epoch)
+        rngs = _gather_rng(info)
+        if info.is_main:
+            _end_epoch(run, epoch, {"train_loss": train_loss, "lr": lr, "t0": t0, "steps": steps,
+                                    "samples": samples}, rngs)
+        D.barrier(info)
+    if info.is_main:
+        console.print(f"done: best mean validation Dice {run.best:.3f} at epoch {run.best_epoch}; run folder {out}")
+    return out
 
+
+@dataclasses.dataclass
+class _Run:
+    """What one training run holds between epochs (built by :func:`_build`)."""
+
+    cfg: TrainConfig
+    info: D.DistInfo
+    out: Path
+    device: torch.device
+    dataset: SliceDataset
+    sampler: EpochSampler
+    augment: BatchAugmenter
+    val_data: list[CaseSlices]
+    net: torch.nn.Module
+    model: torch.nn.Module  #: ``net``, or ``net`` wrapped in DistributedDataParallel
+    loss_fn: DiceCELoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    best: float = -math.inf
+    best_epoch: int = 0
+
+
+def _split(cfg: TrainConfig) -> tuple[TrainConfig, list[Case], list[Case]]:
+    """Training and validation patients; the derived slice spacing (mm) filled into ``cfg`` when unset."""
+    cases = labelled_cases(cfg.data)
+    train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed, cfg.val_cases)
+    if cfg.preprocessing == "spacing" and cfg.spacing_mm is None:
+        # derived from the headers (identical on every process); written to config.yaml by the caller
+        cfg = dataclasses.replace(cfg, spacing_mm=derive_spacing_mm(train_cases, cfg.image_size))
+    return cfg, train_cases, val_cases
+
+
+def _build(cfg: TrainConfig, info: D.DistInfo, out: Path, train_cases: list[Case], val_cases: list[Case]) -> _Run:
+    """Data, model, loss, optimiser and schedule, seeded in a fixed order (the same on every process)."""
+    device = info.device
     # data (every process holds the training slices; only rank 0 holds validation volumes)
     seed_everything(cfg.seed)
     multiple = SIZE_MULTIPLE[cfg.model]
@@ -303,84 +355,80 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> Path:
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _Schedule(cfg))
     torch.manual_seed(cfg.seed + 7919 * info.rank)  # distinct dropout streams per process
+    return _Run(cfg, info, out, device, dataset, sampler, augment, val_data, net, model, loss_fn, optimizer,
+                scheduler)
 
-    history: list[dict[str, Any]] = []
-    best, best_epoch = -math.inf, 0
-    if resumed_epoch:
-        if not info.is_main:
-            state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-        assert state is not None
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scheduler.lr_lambdas = [_Schedule(cfg)]  # epochs may have been extended
-        history = list(state["history"])
-        best, best_epoch = float(state["best_dice"]), int(state["best_epoch"])
-        rngs = state["rng"]
-        _set_rng_state(rngs[info.rank % len(rngs)])
-        if info.is_main:
-            console.print(f"resuming {out} after epoch {resumed_epoch}")
-    elif info.is_main:
-        console.print(f"{cfg.model}: {count_parameters(net) / 1e6:.3f} M parameters, "
-                      f"{len(train_cases)} training / {len(val_cases)} validation patients, "
-                      f"{len(dataset)} training slices ({grid_text(cfg.image_size, cfg.spacing_mm)}), "
-                      f"{info.world_size} process(es) on {device}", soft_wrap=True)
 
-    for epoch in range(resumed_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        model.train()
-        loader = make_batches(dataset, sampler, cfg, epoch, device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        n_seen, steps = 0, 0
-        with make_progress() as progress:
-            task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader), visible=info.is_main)
-            for images, labels, params in loader:
-                images, labels = augment(images.to(device, non_blocking=True), labels.to(device, non_blocking=True),
+def _restore(run: _Run, state: dict[str, Any] | None, resumed_epoch: int) -> None:
+    """Weights, optimiser, schedule, history and random streams from ``RUN/last.pt`` (every process)."""
+    if not run.info.is_main:
+        state = torch.load(run.out / "last.pt", map_location="cpu", weights_only=False)
+    assert state is not None
+    run.net.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scheduler.lr_lambdas = [_Schedule(run.cfg)]  # epochs may have been extended
+    run.history = list(state["history"])
+    run.best, run.best_epoch = float(state["best_dice"]), int(state["best_epoch"])
+    rngs = state["rng"]
+    _set_rng_state(rngs[run.info.rank % len(rngs)])
+    if run.info.is_main:
+        console.print(f"resuming {run.out} after epoch {resumed_epoch}")
+
+
+def _train_epoch(run: _Run, epoch: int) -> tuple[float, int, int]:
+    """One epoch of optimiser steps; returns (mean training loss over all processes, steps, samples)."""
+    cfg, device = run.cfg, run.device
+    run.model.train()
+    loader = make_batches(run.dataset, run.sampler, cfg, epoch, device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n_seen, steps = 0, 0
+    with make_progress() as progress:
+        task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader), visible=run.info.is_main)
+        for images, labels, params in loader:
+            images, labels = run.augment(images.to(device, non_blocking=True), labels.to(device, non_blocking=True),
                                          params)
-                optimizer.zero_grad(set_to_none=True)
-                with autocast_context(device, cfg.amp):
-                    logits = model(images)
-                loss = loss_fn(logits.float(), labels)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach().double() * images.shape[0]
-                n_seen += int(images.shape[0])
-                steps += 1
-                progress.advance(task)
-        scheduler.step()
-        total_loss, total_n = D.all_reduce_sum([float(loss_sum), float(n_seen)], info)
-        train_loss = total_loss / max(total_n, 1)
+            run.optimizer.zero_grad(set_to_none=True)
+            with autocast_context(device, cfg.amp):
+                logits = run.model(images)
+            loss = run.loss_fn(logits.float(), labels)
+            loss.backward()
+            run.optimizer.step()
+            loss_sum += loss.detach().double() * images.shape[0]
+            n_seen += int(images.shape[0])
+            steps += 1
+            progress.advance(task)
+    run.scheduler.step()
+    total_loss, total_n = D.all_reduce_sum([float(loss_sum), float(n_seen)], run.info)
+    return total_loss / max(total_n, 1), steps, int(total_n)
 
-        rngs = _gather_rng(info)
-        if info.is_main:
-            val_loss, dice = validate(net, val_data, loss_fn, cfg, device)
-            mean = _mean_dice(dice)
-            row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                   **{f"val_dice_{k}": v for k, v in dice.items()}, "val_dice_mean": mean, "lr": lr,
-                   "seconds": time.perf_counter() - t0, "steps": steps, "samples": int(total_n)}
-            history.append(row)
-            if math.isfinite(mean) and mean > best:
-                best, best_epoch = mean, epoch + 1
-                _save(out / "best.pt", {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1,
-                                        "model": net.state_dict(), "val_dice": dice, "val_dice_mean": mean})
-            _save(out / "last.pt", {
-                "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1,
-                "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "best_dice": best, "best_epoch": best_epoch,
-                "history": history, "rng": rngs, "sampler": {"seed": cfg.seed, "epoch": epoch + 1},
-                "world_size": info.world_size,
-            })
-            write_log(out / "log.csv", history)
-            plot_curves(history, out / "curves.png",
-                        f"{cfg.model}, width {cfg.width}, {grid_text(cfg.image_size, cfg.spacing_mm)} — {out.name}")
-            organs = " ".join(f"{k[:4]} {v:.3f}" for k, v in dice.items() if math.isfinite(v))
-            console.print(f"epoch {epoch + 1:>3}/{cfg.epochs}  train {train_loss:.4f}  val {val_loss:.4f}  "
-                          f"dice {organs}  mean {mean:.3f}  lr {lr:.2e}  {row['seconds']:.1f} s", soft_wrap=True)
-        D.barrier(info)
-    if info.is_main:
-        console.print(f"done: best mean validation Dice {best:.3f} at epoch {best_epoch}; run folder {out}")
-    return out
+
+def _end_epoch(run: _Run, epoch: int, done: dict[str, Any], rngs: list[dict[str, Any]]) -> None:
+    """Rank 0 after an epoch: validate, keep the best, write ``last.pt``, ``log.csv``, ``curves.png``, one line."""
+    cfg, out, net = run.cfg, run.out, run.net
+    val_loss, dice = validate(net, run.val_data, run.loss_fn, cfg, run.device)
+    mean = _mean_dice(dice)
+    row = {"epoch": epoch + 1, "train_loss": done["train_loss"], "val_loss": val_loss,
+           **{f"val_dice_{k}": v for k, v in dice.items()}, "val_dice_mean": mean, "lr": done["lr"],
+           "seconds": time.perf_counter() - done["t0"], "steps": done["steps"], "samples": done["samples"]}
+    run.history.append(row)
+    if math.isfinite(mean) and mean > run.best:
+        run.best, run.best_epoch = mean, epoch + 1
+        _save(out / "best.pt", {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1,
+                                "model": net.state_dict(), "val_dice": dice, "val_dice_mean": mean})
+    _save(out / "last.pt", {
+        "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1,
+        "model": net.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "best_dice": run.best, "best_epoch": run.best_epoch,
+        "history": run.history, "rng": rngs, "sampler": {"seed": cfg.seed, "epoch": epoch + 1},
+        "world_size": run.info.world_size,
+    })
+    write_log(out / "log.csv", run.history)
+    plot_curves(run.history, out / "curves.png",
+                f"{cfg.model}, width {cfg.width}, {grid_text(cfg.image_size, cfg.spacing_mm)} — {out.name}")
+    organs = " ".join(f"{k[:4]} {v:.3f}" for k, v in dice.items() if math.isfinite(v))
+    console.print(f"epoch {epoch + 1:>3}/{cfg.epochs}  train {done['train_loss']:.4f}  val {val_loss:.4f}  "
+                  f"dice {organs}  mean {mean:.3f}  lr {done['lr']:.2e}  {row['seconds']:.1f} s", soft_wrap=True)
 
 
 def _gather_rng(info: D.DistInfo) -> list[dict[str, Any]]:

@@ -162,23 +162,62 @@ def render(anat: Anatomy, grid: Grid, rng: np.random.Generator,
 
     With ``masks`` (a dict), also fill boolean tissue masks on the grid — voxels
     well inside lung parenchyma (no vessel), bone, subcutaneous fat and chest-wall
-    muscle — for tests and diagnostics.
+    muscle — for tests and diagnostics. The phases run in a fixed order (each draws
+    from ``rng`` in turn): table, body wall and abdomen, organ fields, lungs,
+    skeleton, mediastinum, labels.
     """
-    p, s = anat.p, anat.s
     cv = _Canvas(grid)
-    h = cv.h
     if masks is not None:
         for name in TISSUES:
             masks[name] = np.zeros(grid.shape, dtype=bool)
-    inner = np.float32(-0.6 * h)
-    lab = np.zeros(grid.shape, dtype=np.uint8)
     zs = grid.z_of_slices()
     z_lo, z_hi = float(zs[0]) - 5.0, float(zs[-1]) + 5.0
+    _paint_table(cv, anat)  # scanner frame: horizontal whatever the patient rotation
+    body = _paint_body(cv, anat, rng, z_lo, z_hi, masks)
+    fields = _organ_fields(anat, grid, rng)
+    _paint_lungs(cv, anat, rng, body, fields, z_lo, z_hi, masks)
+    halo = _paint_skeleton(cv, anat, z_lo, z_hi, masks)
+    _paint_mediastinum(cv, anat, fields)
+    lab = _organ_labels(grid, anat, fields)
+    if masks is not None:
+        masks["muscle"] &= ~halo
+        for name in TISSUES:
+            masks[name] &= lab == 0
+    return cv.img, lab
 
-    # ---- table (scanner frame: horizontal whatever the patient rotation) -------------
-    _paint_table(cv, anat)
 
-    # ---- body: fat, muscle, rib-cage interior ------------------------------------------
+@dataclass
+class _Body:
+    """The body box and the signed distances (mm) the lungs are cut from (crops of the body box)."""
+
+    box: tuple[slice, slice, slice]
+    d_cav: np.ndarray  #: rib-cage interior
+    d_below: np.ndarray  #: below the diaphragm
+
+
+@dataclass
+class _OrganFields:
+    """Signed-distance fields (mm, negative inside) of the mediastinal structures; None when off the grid."""
+
+    heart: Field | None
+    aorta: Field | None
+    branches: list[Field | None]
+    svc: Field | None
+    veins: list[Field | None]
+    pa: list[Field | None]
+    pv: list[Field | None]
+    azygos: Field | None
+    ivc: Field | None
+    trachea: Field | None
+    esophagus: Field | None
+    bronchi: Field | None
+
+
+def _paint_body(cv: _Canvas, anat: Anatomy, rng: np.random.Generator, z_lo: float, z_hi: float,
+                masks: dict[str, np.ndarray] | None) -> _Body:
+    """Fat, muscle, the rib-cage interior, the diaphragm and the upper abdomen."""
+    p, grid, h = anat.p, cv.grid, cv.h
+    inner = np.float32(-0.6 * h)
     w_b = p.body_half_width + 4.0
     wb = grid.box((-w_b, -p.body_half_depth_ant * 1.02 - 4.0, z_lo), (w_b, p.body_half_depth_post + 4.0, z_hi))
     if wb is None:  # pragma: no cover - the body is always in the field of view
@@ -210,8 +249,12 @@ def render(anat: Anatomy, grid: Grid, rng: np.random.Generator,
     d_abd = np.maximum(d_cav + 1.0, d_below)
     _paint_abdomen(cv, anat, wb, x, y, z, d_abd, tex)
     del d_abd
+    return _Body(wb, d_cav, d_below)
 
-    # ---- organ fields (needed for the mediastinal envelope) ---------------------------
+
+def _organ_fields(anat: Anatomy, grid: Grid, rng: np.random.Generator) -> _OrganFields:
+    """The organ fields (needed for the mediastinal envelope), with organic irregularity of the soft organs."""
+    p = anat.p
     f_heart = anat.heart_field(grid, pad=14.0)
     f_aorta = anat.aorta.field(grid, pad=8.0)
     f_branches = [t.field(grid, pad=6.0) for t in anat.arch_branches]
@@ -231,8 +274,19 @@ def render(anat: Anatomy, grid: Grid, rng: np.random.Generator,
     for f, amp, cell in ((f_heart, 2.5, 14.0), (f_eso, 1.0, 8.0)):
         if f is not None:
             f.d += np.float32(amp) * _smooth_noise(grid, f.sl, cell, rng)
+    return _OrganFields(f_heart, f_aorta, f_branches, f_svc, f_veins, f_pa, f_pv, f_azy, f_ivc, f_tr, f_eso, f_bro)
 
-    # ---- lungs ---------------------------------------------------------------------------
+
+def _paint_lungs(cv: _Canvas, anat: Anatomy, rng: np.random.Generator, body: _Body, fields: _OrganFields,
+                 z_lo: float, z_hi: float, masks: dict[str, np.ndarray] | None) -> None:
+    """Lung parenchyma inside the rib cage, outside the mediastinal envelope, with vessel and airway trees."""
+    p, s, grid, h = anat.p, anat.s, cv.grid, cv.h
+    inner = np.float32(-0.6 * h)
+    wb, d_cav, d_below = body.box, body.d_cav, body.d_below
+    f = fields
+    f_heart, f_aorta, f_svc, f_azy, f_tr, f_eso, f_bro, f_ivc = (f.heart, f.aorta, f.svc, f.azygos, f.trachea,
+                                                                 f.esophagus, f.bronchi, f.ivc)
+    f_branches, f_veins, f_pa, f_pv = f.branches, f.veins, f.pa, f.pv
     z_lung_lo = min(p.z_dome_left, p.z_dome_right) - 2.6 * p.dome_drop
     lb = grid.box((-anat.cav_w0 - 2, -float(anat.cav_ba(-100.0)) - 2, z_lung_lo), (anat.cav_w0 + 2, anat.cav_bp + 2,
                                                                                   p.z_apex + 4))
@@ -276,7 +330,12 @@ def render(anat: Anatomy, grid: Grid, rng: np.random.Generator,
             masks["lung"][lb] = (d_lung < inner) & (trees < 0.02)
         del trees
 
-    # ---- skeleton ---------------------------------------------------------------------
+
+def _paint_skeleton(cv: _Canvas, anat: Anatomy, z_lo: float, z_hi: float,
+                    masks: dict[str, np.ndarray] | None) -> np.ndarray:
+    """Spine, ribs, cartilages, clavicles, sternum and scapulae; returns the bones' partial-volume halo mask."""
+    p, s, grid, h = anat.p, anat.s, cv.grid, cv.h
+    inner = np.float32(-0.6 * h)
     _paint_spine(cv, anat, z_lo, z_hi, masks)
     halo = masks["bone"].copy() if masks is not None else np.zeros((1, 1, 1), dtype=bool)
     if masks is not None:  # partial-volume halo of the spine
@@ -318,21 +377,28 @@ def render(anat: Anatomy, grid: Grid, rng: np.random.Generator,
         cv.paint(scb, occupancy(d, h), _bone_value(d, bone[0] * 0.9, bone[1], 1.5))
         if masks is not None:
             halo[scb] |= d < 1.5 * h
+    return halo
 
-    # ---- mediastinum ------------------------------------------------------------------
+
+def _paint_mediastinum(cv: _Canvas, anat: Anatomy, fields: _OrganFields) -> None:
+    """Vessels (contrast, venous, right-heart blood), heart, esophagus, airway and thyroid."""
+    p = anat.p
+    f_eso, f_azy, f_ivc, f_svc, f_aorta, f_heart, f_tr, f_bro = (fields.esophagus, fields.azygos, fields.ivc,
+                                                                 fields.svc, fields.aorta, fields.heart,
+                                                                 fields.trachea, fields.bronchi)
     if f_eso is not None:
         cv.paint_field(f_eso, p.hu_sleeve, offset=p.esophagus_sleeve)
     blood_a, blood_r, vein = p.hu_contrast, p.hu_right_blood, p.hu_vein
     cv.paint_field(f_azy, 45.0)
     cv.paint_field(f_ivc, 0.5 * (vein + p.hu_liver))
-    for f in f_veins:
+    for f in fields.veins:
         cv.paint_field(f, vein)
     cv.paint_field(f_svc, vein)
-    for f in f_pa:
+    for f in fields.pa:
         cv.paint_field(f, blood_r)
-    for f in f_pv:
+    for f in fields.pv:
         cv.paint_field(f, blood_a)
-    for f in f_branches:
+    for f in fields.branches:
         cv.paint_field(f, blood_a)
     cv.paint_field(f_aorta, blood_a)
     if f_heart is not None:
@@ -342,20 +408,21 @@ def render(anat: Anatomy, grid: Grid, rng: np.random.Generator,
     _paint_airway(cv, anat, f_tr, f_bro)
     _paint_thyroid(cv, anat)
 
-    # ---- labels (voxel centres; later organs win) -------------------------------------
+
+def _organ_labels(grid: Grid, anat: Anatomy, fields: _OrganFields) -> np.ndarray:
+    """SegTHOR labels at voxel centres (uint8; later organs win: esophagus, trachea, aorta, heart)."""
+    p = anat.p
+    lab = np.zeros(grid.shape, dtype=np.uint8)
+    f_eso, f_tr = fields.esophagus, fields.trachea
     if f_eso is not None:
         _label(lab, f_eso, Organ.ESOPHAGUS)
     if f_tr is not None:
         zc = grid.z(f_tr.sl[2])
         lumen = f_tr.d + np.float32(p.trachea_wall)
         _label(lab, Field(f_tr.sl, np.where(zc >= 0.0, lumen, FAR).astype(np.float32)), Organ.TRACHEA)
-    _label(lab, f_aorta, Organ.AORTA)
-    _label(lab, f_heart, Organ.HEART)
-    if masks is not None:
-        masks["muscle"] &= ~halo
-        for name in TISSUES:
-            masks[name] &= lab == 0
-    return cv.img, lab
+    _label(lab, fields.aorta, Organ.AORTA)
+    _label(lab, fields.heart, Organ.HEART)
+    return lab
 
 
 def _label(lab: np.ndarray, f: Field | None, organ: Organ) -> None:
