@@ -364,3 +364,23 @@ def test_device_batches_match_the_dataloader(toy_root: Path) -> None:
     cfg = resolve_config({"model": "enet", **TINY})
     ds = SliceDataset(load_cases(labelled_cases(toy_root)[:2], cfg.image_size, show=False))
     assert_device_batches_match_the_dataloader(ds, cfg, epoch=2, batches=4)
+
+
+def test_one_device_check_for_every_arm() -> None:
+    # utils.settings.torch_device is what 2D training, 2D prediction and nnU-Net all call
+    import torch
+
+    from thoraxseg.utils.settings import torch_device
+
+    assert torch_device("cpu") == torch.device("cpu")
+    for bad in ("gpu", "cuda:x", "cuda1", ""):
+        with pytest.raises(ConfigError, match=f"device must be cpu, cuda or cuda:N, got '{bad}'"):
+            torch_device(bad)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_line() -> None:
+    from thoraxseg.utils.settings import torch_device
+
+    with pytest.raises(ConfigError, match="device 'cuda:1' requested but torch sees no CUDA GPU"):
+        torch_device("cuda:1")

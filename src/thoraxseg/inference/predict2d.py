@@ -34,6 +34,7 @@ from thoraxseg.training.data2d import (
 )
 from thoraxseg.training.forward import predict_slices
 from thoraxseg.utils.progress import console, make_progress
+from thoraxseg.utils.settings import torch_device
 
 
 def predict_array(
@@ -62,16 +63,6 @@ def predict_array(
     slices, geom = volume_to_slices(ct, geom)
     labels, _ = predict_slices(model, slices, geom, windows, batch_size, device, amp, on_batch=on_batch)
     return labels
-
-
-def resolve_device(device: str) -> torch.device:
-    """``cpu`` / ``cuda`` / ``cuda:N`` → a torch device; raises ConfigError when CUDA is missing."""
-    from thoraxseg.errors import ConfigError
-
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available (use --device cpu)")
-    return dev
 
 
 def run_spacing_mm(cfg: Mapping[str, Any]) -> float | None:
@@ -116,7 +107,7 @@ def load_run_model(run: str | Path, checkpoint: str = "best", device: str = "cpu
     model = build_model(cfg["model"], in_channels=len(cfg["windows"]), width=cfg["width"],
                         dropout=cfg.get("dropout", 0.1))
     model.load_state_dict(state["model"])
-    dev = resolve_device(device)
+    dev = torch_device(device)
     return model.to(dev).eval(), cfg
 
 

@@ -15,8 +15,9 @@ from thoraxseg.nnunet.env import default_processes, nnunet_environment
 from thoraxseg.nnunet.plans import (
     CONFIGURATION,
 )
-from thoraxseg.nnunet.runfolder import TRAINER_NAME, quiet, read_run_config, torch_device, trained_folds
+from thoraxseg.nnunet.runfolder import TRAINER_NAME, quiet, read_run_config, trained_folds
 from thoraxseg.utils.progress import track
+from thoraxseg.utils.settings import torch_device
 
 # ----------------------------------------------------------------------------------------------------------------
 # prediction

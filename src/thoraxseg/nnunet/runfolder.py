@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from thoraxseg.errors import ConfigError, InputError
+from thoraxseg.errors import InputError
 from thoraxseg.nnunet.settings import (
     MODEL,
 )
@@ -21,16 +21,6 @@ FOLD_LOG = "thoraxseg_log.csv"
 PREPARED_MARKER = "prepared.json"
 #: ``curves.png`` is redrawn after an epoch at most this often (s), and after the last epoch.
 CURVES_EVERY_S = 30.0
-
-def torch_device(device: str) -> Any:
-    import torch
-
-    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
-        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device cuda requested but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
-    return torch.device(device)
-
 
 @contextlib.contextmanager
 def quiet(log: Path, verbose: bool) -> Iterator[None]:

@@ -41,7 +41,6 @@ from thoraxseg.nnunet.runfolder import (
     nnunet_version,
     quiet,
     read_run_config,
-    torch_device,
     trained_folds,
 )
 from thoraxseg.nnunet.runlog import read_log_csv, rows_from_logger, write_log_csv
@@ -52,6 +51,7 @@ from thoraxseg.nnunet.settings import (
 )
 from thoraxseg.utils.atomic import removed_on_failure, write_json_atomic, write_text_atomic
 from thoraxseg.utils.progress import err_console, make_progress
+from thoraxseg.utils.settings import torch_device
 
 # ----------------------------------------------------------------------------------------------------------------
 # training

@@ -40,7 +40,7 @@ from thoraxseg.arms import SCHEDULES, arm_names
 from thoraxseg.errors import ConfigError
 from thoraxseg.losses import DEFAULT_CLASS_WEIGHTS
 from thoraxseg.networks import MODELS_2D, SIZE_MULTIPLE
-from thoraxseg.utils.settings import build_dataclass
+from thoraxseg.utils.settings import build_dataclass, is_device
 from thoraxseg.utils.yamlfile import read_yaml_mapping
 
 #: How slices reach the network grid (see :class:`TrainConfig`, ``preprocessing``).
@@ -308,7 +308,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (0 < cfg.augment.scale[0] <= cfg.augment.scale[1], "augment.scale must be (low, high) with 0 < low <= high"),
         (0.0 <= cfg.augment.fov_prob <= 1.0, f"augment.fov_prob must be in [0, 1], got {cfg.augment.fov_prob!r}"),
         (cfg.augment.fov_min_mm > 0, f"augment.fov_min_mm must be > 0 mm, got {cfg.augment.fov_min_mm!r}"),
-        (cfg.device == "cpu" or cfg.device.startswith("cuda"), "device must be cpu, cuda or cuda:N"),
+        (is_device(cfg.device), f"device must be cpu, cuda or cuda:N, got {cfg.device!r}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from thoraxseg.errors import ConfigError
+from thoraxseg.utils.settings import torch_device
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,7 @@ def setup(device: str = "cpu") -> DistInfo:
     Under torchrun with ``device="cuda"`` each process uses GPU ``LOCAL_RANK``.
     Raises :class:`ConfigError` when CUDA is requested but absent.
     """
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available (use --device cpu)")
+    dev = torch_device(device)
     if dev.type == "cuda":
         # deterministic cuBLAS (seed_everything asks torch for deterministic kernels)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

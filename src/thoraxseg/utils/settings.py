@@ -83,6 +83,23 @@ def is_device(text: str) -> bool:
     return re.fullmatch(r"cpu|cuda(:\d+)?", str(text)) is not None
 
 
+def torch_device(device: str) -> Any:
+    """``cpu`` / ``cuda`` / ``cuda:N`` → a ``torch.device`` (the one device check of every arm and command).
+
+    Raises
+    ------
+    ConfigError
+        A name :func:`is_device` refuses, or CUDA asked for where torch sees no GPU.
+    """
+    if not is_device(device):
+        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but torch sees no CUDA GPU (use --device cpu)")
+    return torch.device(device)
+
+
 def coerce(value: Any, hint: Any, where: str) -> Any:
     """Convert a YAML/CLI value to the type ``hint`` (bool, int, float, str, Optional, unions, tuple, list,
     dict), or raise :class:`ConfigError` naming the setting ``where``.
