@@ -60,8 +60,9 @@ def label_boxes(labels: np.ndarray, codes: Iterable[int]) -> dict[int, Box | Non
         return dict.fromkeys(wanted)
     max_label = max(wanted)
     crop = labels[fg]
-    if crop.flags.f_contiguous and not crop.flags.c_contiguous:
-        # a NIfTI file's own (x-fastest) order: find_objects walks the transposed (C-ordered) view ~3x faster
+    if crop.strides[0] < crop.strides[-1]:
+        # x fastest in memory (a NIfTI file's own order, also in a crop, which is contiguous in neither order):
+        # find_objects walks the transposed view, whose last axis is the fast one, ~2x faster
         found = [None if b is None else b[::-1] for b in ndimage.find_objects(crop.T, max_label=max_label)]
     else:
         found = ndimage.find_objects(crop, max_label=max_label)
