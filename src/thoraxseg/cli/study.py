@@ -9,7 +9,7 @@ from thoraxseg.cli import add_overwrite
 from thoraxseg.errors import ConfigError
 from thoraxseg.study import load_study_config, run_study
 from thoraxseg.utils.progress import console
-from thoraxseg.utils.settings import is_device
+from thoraxseg.utils.settings import check_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,9 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_study_config(args.config)
     if args.device:
-        if not is_device(args.device):
-            raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
-        config.device = args.device
+        config.device = check_device(args.device, "--device")
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")

@@ -24,7 +24,7 @@ from thoraxseg.errors import ConfigError, InputError
 from thoraxseg.nnunet.env import default_processes
 from thoraxseg.nnunet.export import EXPORT_MODES, dataset_folder_name
 from thoraxseg.nnunet.plans import PLAN_CHOICES, CpuPlan
-from thoraxseg.utils.settings import build_dataclass, choice, is_device, unknown_message
+from thoraxseg.utils.settings import build_dataclass, check_device, choice, unknown_message
 from thoraxseg.utils.yamlfile import read_yaml_mapping
 
 MODEL = "nnunet3d"
@@ -133,8 +133,7 @@ def resolve_settings(config: Mapping[str, Any] | str | Path | None = None, **exp
     choice(s["plans"], PLAN_CHOICES, "plans")
     if s["device"] == "cuda:0":
         s["device"] = "cuda"
-    if not is_device(s["device"]):
-        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {s['device']!r}")
+    check_device(s["device"])
     s["folds"] = parse_folds(s["folds"])
     epochs, iters, val_iters = RUN_LENGTH[s["plans"]]
     s["epochs"] = epochs if s["epochs"] is None else s["epochs"]

@@ -83,6 +83,17 @@ def is_device(text: str) -> bool:
     return re.fullmatch(r"cpu|cuda(:\d+)?", str(text)) is not None
 
 
+def check_device(device: str, where: str = "device") -> str:
+    """``device`` if :func:`is_device` accepts it, else a :class:`ConfigError` naming ``where`` and the value.
+
+    >>> check_device("cuda:1")
+    'cuda:1'
+    """
+    if not is_device(device):
+        raise ConfigError(f"{where} must be cpu, cuda or cuda:N, got {device!r}")
+    return device
+
+
 def torch_device(device: str) -> Any:
     """``cpu`` / ``cuda`` / ``cuda:N`` → a ``torch.device`` (the one device check of every arm and command).
 
@@ -91,8 +102,7 @@ def torch_device(device: str) -> Any:
     ConfigError
         A name :func:`is_device` refuses, or CUDA asked for where torch sees no GPU.
     """
-    if not is_device(device):
-        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    check_device(device)
     import torch
 
     if device.startswith("cuda") and not torch.cuda.is_available():
