@@ -80,6 +80,56 @@ def test_garbage_and_missing_files(tmp_path: Path) -> None:
         load_volume(tmp_path / "nope.nii.gz")
 
 
+def _gz_variants(tmp_path: Path) -> dict[str, tuple[bytes, np.ndarray]]:
+    """``.nii.gz`` files the one-shot reader must read as nibabel's streaming reader does."""
+    a = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    out = {}
+    for name, img in (("nifti1", nib.Nifti1Image(a, np.eye(4))),
+                      ("nifti2", nib.Nifti2Image(a, np.eye(4))),
+                      ("big-endian", nib.Nifti1Image(a.astype(">i2"), np.eye(4), nib.Nifti1Header(endianness=">"))),
+                      ("scaled", nib.Nifti1Image(a.astype(np.float32), np.eye(4)))):
+        if name == "scaled":
+            img.header.set_slope_inter(2.0, 1.0)
+        f = tmp_path / f"{name}.nii.gz"
+        nib.save(img, f)
+        out[name] = (f.read_bytes(), np.asanyarray(nib.load(f).dataobj))
+    raw = gzip.decompress(out["nifti1"][0])
+    out["two members"] = (gzip.compress(raw[:200]) + gzip.compress(raw[200:]), a)  # e.g. bgzip / cat a b
+    out["zero padding"] = (out["nifti1"][0] + b"\0" * 7, a)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["isal", "zlib"])
+def test_gzip_reader_reads_what_nibabel_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    import zlib
+
+    import thoraxseg.data.volume as volume
+
+    if backend == "zlib":  # the fallback where no isal wheel exists
+        monkeypatch.setattr(volume, "_inflate", zlib)
+    else:
+        assert volume._inflate.__name__.startswith("isal"), "isal is a dependency: the fast reader must be in use"
+    for name, (data, expected) in _gz_variants(tmp_path).items():
+        f = tmp_path / f"v-{name.replace(' ', '-')}.nii.gz"
+        f.write_bytes(data)
+        back = load_volume(f).array
+        assert back.dtype == expected.dtype and back.flags.writeable, name
+        np.testing.assert_array_equal(back, expected, err_msg=name)
+    good = _gz_variants(tmp_path)["nifti1"][0]
+    bad_crc = bytearray(good)
+    bad_crc[-6] ^= 0xFF  # a CRC-32 byte of the trailer
+    for name, data, words in (("cut", good[:-3], "ends early"), ("crc", bytes(bad_crc), "truncated or corrupt"),
+                              ("trailing", good + b"garbage!", "8 bytes of trailing data"),
+                              ("plain", gzip.decompress(good), "not a gzip file"), ("empty", b"", "not a gzip file"),
+                              ("short", gzip.compress(gzip.decompress(good)[:-10]), "230 bytes of voxel data")):
+        f = tmp_path / f"bad-{name}.nii.gz"
+        f.write_bytes(data)
+        with pytest.raises(InputError) as err:
+            load_volume(f)
+        msg = str(err.value)
+        assert msg.startswith(str(f)) and words in msg and "\n" not in msg, (name, msg)
+
+
 def test_image_with_nan_or_constant_is_rejected(tmp_path: Path) -> None:
     arr = np.zeros((5, 5, 5), np.float32)
     arr[1, 1, 1] = np.nan

@@ -28,6 +28,11 @@ import nibabel as nib
 import numpy as np
 
 from thoraxseg.errors import InputError
+
+try:  # Intel ISA-L inflates gzip 1.6-1.9x faster than zlib, same API (benchmarks/evaluate_speed.py)
+    from isal import isal_zlib as _inflate
+except ImportError:  # pragma: no cover - isal is a dependency; zlib reads the same files
+    _inflate = zlib
 from thoraxseg.labels import MAX_LABEL
 from thoraxseg.utils.atomic import atomic_path
 
@@ -135,6 +140,57 @@ def nifti_stem(path: str | Path) -> str:
     return Path(name).stem
 
 
+def _gunzip(raw: bytes, path: Path) -> bytes:
+    """Inflate every member of a gzip file in one call per member, CRC and length checked.
+
+    Faster than streaming through :class:`gzip.GzipFile` (no chunked copies); zero padding between
+    members is skipped as :mod:`gzip` does.
+
+    Raises
+    ------
+    InputError
+        Not gzip, or the stream ends before its trailer (truncated).
+    """
+    if raw[:2] != b"\x1f\x8b":
+        raise InputError(path, f"truncated or corrupt file (not a gzip file: starts {raw[:2]!r})")
+    parts: list[bytes] = []
+    while raw:
+        if parts and raw[:2] != b"\x1f\x8b":
+            raise InputError(path, f"truncated or corrupt file ({len(raw)} bytes of trailing data after the gzip stream)")
+        member = _inflate.decompressobj(31)  # 31: gzip header and trailer (CRC-32, length)
+        parts.append(member.decompress(raw))
+        if not member.eof:
+            raise InputError(path, "truncated or corrupt file (the gzip stream ends early)")
+        raw = member.unused_data.lstrip(b"\x00")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _nifti_from_bytes(data: bytes, path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
+    """A NIfTI-1 or NIfTI-2 image from the bytes of a single ``.nii`` file (nibabel parses and scales)."""
+    sizes = {int.from_bytes(data[:4], order) for order in ("little", "big")}
+    if 348 in sizes:
+        return nib.Nifti1Image.from_bytes(data)
+    if 540 in sizes:
+        return nib.Nifti2Image.from_bytes(data)
+    raise InputError(path, f"not a NIfTI image (header size {int.from_bytes(data[:4], 'little')})")
+
+
+def _voxels(img: nib.Nifti1Image | nib.Nifti2Image, data: bytes, path: Path) -> np.ndarray:
+    """The voxel array of an in-memory ``.nii``: one copy of the bytes when unscaled, else nibabel's scaling.
+
+    nibabel's own reader copies the voxel bytes twice from memory (~3x slower for a 512 x 512 x 200 label).
+    """
+    proxy = img.dataobj  # nibabel's view of the file: offset, dtype, shape, order and scaling as read
+    if proxy.slope != 1.0 or proxy.inter != 0.0 or proxy.order != "F":
+        return np.asanyarray(proxy)  # scaled data: nibabel decides the output type
+    dtype, shape, offset = proxy.dtype, proxy.shape, int(proxy.offset)
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(data) < offset + count * dtype.itemsize:
+        raise InputError(path, f"truncated or corrupt file ({len(data) - offset} bytes of voxel data, "
+                               f"{count * dtype.itemsize} expected for shape {tuple(shape)})")
+    return np.frombuffer(data, dtype, count=count, offset=offset).reshape(shape, order="F").copy(order="F")
+
+
 def load_volume(path: str | Path) -> Volume:
     """Read a NIfTI file fully into memory, keeping its geometry.
 
@@ -149,15 +205,21 @@ def load_volume(path: str | Path) -> Volume:
     if not p.is_file():
         raise InputError(p, "not a file")
     try:
-        img = nib.load(str(p), mmap=False)  # into memory: no lazy reads of a file that may change
-        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-            raise InputError(p, f"not a NIfTI image ({type(img).__name__})")
-        array = np.asanyarray(img.dataobj)
+        if p.name.lower().endswith(".gz"):
+            data = _gunzip(p.read_bytes(), p)
+            img = _nifti_from_bytes(data, p)
+            array = _voxels(img, data, p)
+            del data
+        else:
+            img = nib.load(str(p), mmap=False)  # into memory: no lazy reads of a file that may change
+            if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+                raise InputError(p, f"not a NIfTI image ({type(img).__name__})")
+            array = np.asanyarray(img.dataobj)
     except InputError:
         raise
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+    except (EOFError, zlib.error, _inflate.error, gzip.BadGzipFile) as exc:
         raise InputError(p, f"truncated or corrupt file ({exc})") from None
-    except nib.filebasedimages.ImageFileError as exc:
+    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError) as exc:
         raise InputError(p, f"not a readable NIfTI file ({exc})") from None
     except (OSError, ValueError) as exc:
         raise InputError(p, f"unreadable NIfTI file ({exc})") from None
@@ -224,7 +286,7 @@ def load_label(path: str | Path, max_label: int = MAX_LABEL) -> Volume:
         if not np.all(arr == np.round(arr)):
             raise InputError(vol.path or path, "non-integer label values")
     # min/max first: np.unique sorts the whole volume (seconds at 512×512×200); only bad files need it
-    in_range = arr.min() >= 0 and arr.max() <= max_label
+    in_range = (arr.dtype.kind == "u" or arr.min() >= 0) and arr.max() <= max_label  # unsigned: no min pass
     bad = [] if in_range else [v for v in np.unique(arr).tolist() if v < 0 or v > max_label]
     if bad:
         shown = ", ".join(str(int(v)) for v in bad[:8])

@@ -128,8 +128,9 @@ def validate_pairs(pairs: Sequence[CasePair]) -> None:
 # --------------------------------------------------------------------------- computing
 def evaluate_pair(pair: CasePair, tolerance_mm: float = 2.0) -> list[dict[str, float | str]]:
     """Load one GT/prediction pair (labels checked) and compute its rows (patient added)."""
-    gt = load_label(pair.gt_path)
-    pred = load_label(pair.pred_path)
+    with cf.ThreadPoolExecutor(2) as pool:  # inflating and checking release the GIL: both files at once
+        gt_read, pred_read = pool.submit(load_label, pair.gt_path), pool.submit(load_label, pair.pred_path)
+        gt, pred = gt_read.result(), pred_read.result()  # the GT's error first, as when read in turn
     diff = same_geometry(gt, pred)
     if diff is not None:
         raise InputError(pair.pred_path, f"geometry differs from the GT {pair.gt_path.name} ({diff})")
