@@ -235,30 +235,35 @@ def load_volume(path: str | Path) -> Volume:
     return Volume(array, affine, img.header.copy(), p)
 
 
-def read_grid(path: str | Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
-    """Shape ``(X, Y, Z)`` and voxel size (mm) of a NIfTI file from its header alone (no voxel data read).
+def read_geometry(path: str | Path) -> Volume:
+    """The grid of a NIfTI file from its header only (the voxel data are not read).
+
+    The returned volume's array is a zero-size-in-memory placeholder of the right shape ``(X, Y, Z)``;
+    its ``spacing`` (mm) and ``affine`` are the file's.
 
     Raises
     ------
     InputError
-        Missing or unreadable file, or not 3D.
+        Missing file, not NIfTI, unreadable header, not 3D, or no finite affine.
     """
     p = Path(path)
     if not p.is_file():
         raise InputError(p, "file not found")
+    if not is_nifti(p):
+        raise InputError(p, "not a NIfTI file (.nii or .nii.gz)")
     try:
         img = nib.load(str(p))
-        shape = tuple(int(v) for v in img.shape)
+        shape = tuple(int(s) for s in img.shape)
         affine = img.affine
-    except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError,
-            nib.filebasedimages.ImageFileError) as exc:
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
         raise InputError(p, f"unreadable NIfTI header ({exc})") from None
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
-    if len(shape) != 3 or affine is None:
-        raise InputError(p, f"expected a 3D volume with a geometry, got shape {shape}")
-    spacing = tuple(float(round(v, 6)) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
-    return shape, spacing  # type: ignore[return-value]
+    if len(shape) != 3:
+        raise InputError(p, f"expected a 3D volume, got shape {shape}")
+    if affine is None or not np.all(np.isfinite(affine)):
+        raise InputError(p, "missing or non-finite affine (geometry)")
+    return Volume(np.broadcast_to(np.zeros((), np.uint8), shape), affine, None, p)
 
 
 def load_image(path: str | Path) -> Volume:

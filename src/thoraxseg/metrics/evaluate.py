@@ -15,20 +15,17 @@ Examples
 from __future__ import annotations
 
 import concurrent.futures as cf
-import gzip
 import math
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 from rich.table import Table
 
 from thoraxseg.data.layout import discover_cases
-from thoraxseg.data.volume import Volume, is_nifti, load_label, same_geometry
+from thoraxseg.data.volume import load_label, read_geometry, same_geometry
 from thoraxseg.errors import ConfigError, InputError
 from thoraxseg.labels import NUM_CLASSES, ORGAN_NAMES, ORGANS
 from thoraxseg.metrics.engine import compute_metrics
@@ -82,31 +79,6 @@ def find_pairs(gt: str | Path, pred: str | Path) -> list[CasePair]:
             raise InputError(candidates[0], f"prediction missing for {patient} (GT: {gt_path})")
         pairs.append(CasePair(patient, Path(gt_path), found))  # type: ignore[arg-type]
     return pairs
-
-
-def read_geometry(path: str | Path) -> Volume:
-    """The grid of a NIfTI file from its header only (the voxel data are not read).
-
-    The returned volume's array is a zero-size-in-memory placeholder of the right shape.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(p, "file not found")
-    if not is_nifti(p):
-        raise InputError(p, "not a NIfTI file (.nii or .nii.gz)")
-    try:
-        img = nib.load(str(p))
-        shape = tuple(int(s) for s in img.shape)
-        affine = img.affine
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
-        raise InputError(p, f"unreadable NIfTI header ({exc})") from None
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise InputError(p, f"expected a 3D volume, got shape {shape}")
-    if affine is None or not np.all(np.isfinite(affine)):
-        raise InputError(p, "missing or non-finite affine (geometry)")
-    return Volume(np.broadcast_to(np.zeros((), np.uint8), shape), affine, None, p)
 
 
 def validate_pairs(pairs: Sequence[CasePair]) -> None:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, DistributedSampler
 
 from thoraxseg.data.layout import Case
-from thoraxseg.data.volume import load_image, load_label, read_grid, same_geometry
+from thoraxseg.data.volume import load_image, load_label, read_geometry, same_geometry
 from thoraxseg.errors import InputError
 from thoraxseg.training.config import AugmentConfig
 from thoraxseg.utils.progress import make_progress
@@ -215,7 +215,8 @@ def derive_spacing_mm(cases: Sequence[Case], size: int) -> float:
     """
     fovs = []
     for case in cases:
-        shape, spacing = read_grid(case.image_path)
+        grid = read_geometry(case.image_path)
+        shape, spacing = grid.shape, grid.spacing
         fovs.append(max(shape[0] * spacing[0], shape[1] * spacing[1]))
     if not fovs:
         raise InputError(".", "no training cases to derive spacing_mm from")
