@@ -7,6 +7,7 @@ the held-out patients the tests predict (``HELD_OUT``: other indices of the same
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import torch
@@ -22,6 +23,19 @@ HELD_OUT = (20, 21)
 SETTINGS = {"image_size": 128, "batch_size": 8, "width": 8, "optim": {"lr": 0.01, "schedule": "poly"},
             "loss": {"ce_balanced": True}}
 EPOCHS = 10
+#: Short CPU runs are chaotic: the same 10 epochs reached mean validation Dice 0.79 on one CPU and 0.70 on
+#: another (AMD EPYC; bit-identical across code versions there), and the QA tests need a competent reference.
+#: So the run is resumed for ``EXTRA_EPOCHS`` more at a time until its best validation Dice reaches
+#: ``MIN_VAL_DICE`` (0.70 at 10 -> 0.78 at 14 on that CPU), at most ``MAX_EPOCHS``.
+MIN_VAL_DICE = 0.75
+EXTRA_EPOCHS = 4
+MAX_EPOCHS = 22
+
+
+def best_val_dice(run: Path) -> float:
+    """Best mean validation Dice in the run's ``log.csv``."""
+    with (run / "log.csv").open() as f:
+        return max(float(row["val_dice_mean"]) for row in csv.DictReader(f))
 
 
 def train_shared_run(root: Path) -> Path:
@@ -29,6 +43,11 @@ def train_shared_run(root: Path) -> Path:
     data = generate_cohort(root / "cohort", TRAIN_CASES, size="small", seed=PHANTOM_SEED)
     threads = torch.get_num_threads()
     try:
-        return train("customnet", data, root / "run", config=SETTINGS, epochs=EPOCHS, threads=2)
+        epochs = EPOCHS
+        run = train("customnet", data, root / "run", config=SETTINGS, epochs=epochs, threads=2)
+        while best_val_dice(run) < MIN_VAL_DICE and epochs < MAX_EPOCHS:
+            epochs += EXTRA_EPOCHS
+            run = train("customnet", data, root / "run", config=SETTINGS, epochs=epochs, threads=2)
+        return run
     finally:
         torch.set_num_threads(threads)
