@@ -28,15 +28,16 @@ import nibabel as nib
 import numpy as np
 
 from thoraxseg.errors import InputError
+from thoraxseg.labels import MAX_LABEL
+from thoraxseg.utils.atomic import atomic_path
+
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 try:  # Intel ISA-L inflates gzip 1.6-1.9x faster than zlib, same API (benchmarks/evaluate_speed.py)
     from isal import isal_zlib as _inflate
 except ImportError:  # pragma: no cover - isal is a dependency; zlib reads the same files
     _inflate = zlib
-from thoraxseg.labels import MAX_LABEL
-from thoraxseg.utils.atomic import atomic_path
-
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass
@@ -151,11 +152,11 @@ def _gunzip(raw: bytes, path: Path) -> bytes:
     InputError
         Not gzip, or the stream ends before its trailer (truncated).
     """
-    if raw[:2] != b"\x1f\x8b":
+    if raw[:2] != _GZIP_MAGIC:
         raise InputError(path, f"truncated or corrupt file (not a gzip file: starts {raw[:2]!r})")
     parts: list[bytes] = []
     while raw:
-        if parts and raw[:2] != b"\x1f\x8b":
+        if parts and raw[:2] != _GZIP_MAGIC:
             raise InputError(path, f"truncated or corrupt file ({len(raw)} bytes of trailing data after the gzip stream)")
         member = _inflate.decompressobj(31)  # 31: gzip header and trailer (CRC-32, length)
         parts.append(member.decompress(raw))
