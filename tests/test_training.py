@@ -22,12 +22,14 @@ from thoraxseg.inference.predict2d import load_run_model
 from thoraxseg.training import train
 from thoraxseg.training.config import TrainConfig, config_from_dict, dump_yaml, resolve_config
 from thoraxseg.training.data2d import (
+    PARAM_COLUMNS,
     AugmentCollate,
     BatchAugmenter,
     DeviceBatches,
     EpochSampler,
     SliceDataset,
     SliceGeometry,
+    _field_of_view,
     from_network_grid,
     labels_to_slices,
     load_cases,
@@ -198,6 +200,44 @@ def test_augmentation_geometry_moves_image_and_label_together() -> None:
     for k in range(8):
         inside = x[k, 0][y[k] == 4]
         assert inside.numel() > 20 and inside.mean() > 0.3  # the label still covers the bright square
+
+
+def test_field_of_view_sizes_are_log_uniform_and_nearly_square() -> None:
+    """The simulated field of view: its side log-uniform in [fov_min, 1] of the crop, aspect within 0.8–1.25."""
+    cfg = resolve_config({"model": "enet", "augment": {"fov_prob": 0.3}}).augment
+    fov_min = 0.25
+    collate = AugmentCollate(cfg, seed=3, fov_min=fov_min)
+    rows = np.array([collate.params(i, 0) for i in range(4000)])
+    on = rows[:, PARAM_COLUMNS.index("fov")] > 0
+    w, h = rows[on, PARAM_COLUMNS.index("fov_w")], rows[on, PARAM_COLUMNS.index("fov_h")]
+    # 4000 Bernoulli(0.3) draws: sd 0.0072, so 0.27..0.33 is > 4 sd on either side
+    assert 0.27 < on.mean() < 0.33
+    assert (w >= fov_min).all() and (w <= 1).all() and (h >= fov_min - 1e-12).all() and (h <= 1).all()
+    ratio = h / w
+    clipped = (h <= fov_min + 1e-12) | (h >= 1 - 1e-12)
+    assert (ratio[~clipped] > 0.8 - 1e-9).all() and (ratio[~clipped] < 1.25 + 1e-9).all()
+    # log-uniform side: median sqrt(fov_min) = 0.5 (uniform would give 0.625); ~1200 draws, the sample
+    # median's sd is ~0.015 here, so 0.46..0.54 cannot fail by chance and separates the two laws
+    assert 0.46 < float(np.median(w)) < 0.54
+    # a small, cardiac-like field of view (both sides <= 0.42 of the crop) is common, not rare
+    assert ((w <= 0.42) & (h <= 0.42)).mean() > 0.25
+    again = AugmentCollate(cfg, seed=3, fov_min=fov_min)
+    assert again.params(17, 0) == collate.params(17, 0)  # per-slice deterministic
+
+
+def test_field_of_view_blanks_outside_the_rectangle_around_the_organs() -> None:
+    img = torch.zeros(1, 1, 40, 40)
+    lab = torch.zeros(1, 40, 40, dtype=torch.long)
+    lab[0, 18:22, 28:32] = 2  # organ centre (20, 30)
+    fov = torch.tensor([[1.0, 0.25, 0.5, 0.0, 0.0]])  # 10 x 20 pixels around it
+    x, y = _field_of_view(img, lab, fov)
+    keep = x[0, 0] > -1
+    rows, cols = torch.nonzero(keep, as_tuple=True)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (15, 24, 20, 39)
+    assert torch.equal(y[0][keep], lab[0][keep]) and (y[0][~keep] == 0).all()
+    off = torch.tensor([[0.0, 0.25, 0.5, 0.0, 0.0]])
+    x2, y2 = _field_of_view(img, lab, off)
+    assert torch.equal(x2, img) and torch.equal(y2, lab)
 
 
 def test_loader_is_identical_with_worker_processes(toy_root: Path) -> None:

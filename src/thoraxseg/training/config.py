@@ -88,8 +88,9 @@ class AugmentConfig:
     (HU/1000, i.e. 0.01 = 10 HU), then, on the windowed input, a contrast factor uniform in
     ``intensity_scale`` and an offset uniform in ``±intensity_shift`` (window units;
     0.05 = 50 HU with the window −1000…1000). Field of view (with probability ``fov_prob``,
-    ``preprocessing: spacing`` only): everything outside a random rectangle of
-    ``fov_min_mm`` … the whole crop per side, centred near the slice's organs, becomes air
+    ``preprocessing: spacing`` only): everything outside a random, nearly square rectangle
+    (side log-uniform from ``fov_min_mm`` to the whole crop, so a 200 mm cardiac field of view
+    is drawn as often as a 500 mm one), centred near the slice's organs, becomes air
     and background — as in a scan reconstructed or cropped to a small field of view, which
     then reaches the network padded with air. No flips:
     a left-right flip moves heart and aortic arch to the wrong side and an

@@ -487,7 +487,8 @@ class AugmentCollate:
         bank, cyclically shifted by ``(noise_dx, noise_dy)`` pixels (as fractions of the side).
         The field of view (``fov`` 1 with probability ``fov_prob``, else 0) is a rectangle of
         ``fov_w × fov_h`` (fractions of the side) centred ``(fov_dx, fov_dy)`` (fractions of the
-        side) from the slice's organs.
+        side) from the slice's organs; ``fov_w`` is log-uniform in ``[fov_min, 1]`` and
+        ``fov_h / fov_w`` log-uniform in ``[0.8, 1.25]`` (clipped to ``[fov_min, 1]``).
         """
         cfg = self.cfg
         assert cfg is not None
@@ -504,7 +505,9 @@ class AugmentCollate:
         dx, dy = (float(v) for v in rng.random(2))
         fov = [0.0, 1.0, 1.0, 0.0, 0.0]
         if self.fov_min is not None and rng.random() < cfg.fov_prob:
-            w, h = (float(v) for v in rng.uniform(self.fov_min, 1.0, 2))
+            # side log-uniform (small, cardiac-like fields of view as often as large ones), nearly square
+            side, aspect = np.exp(rng.uniform((np.log(self.fov_min), np.log(0.8)), (0.0, np.log(1.25))))
+            w, h = float(side), float(np.clip(side * aspect, self.fov_min, 1.0))
             fov = [1.0, w, h, *(float(v) for v in rng.uniform(-0.1, 0.1, 2))]
         return [angle, scale, tx, ty, contrast, shift, k, dx, dy, *fov]
 
