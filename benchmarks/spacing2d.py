@@ -14,7 +14,13 @@ the new preprocessing), training images/s and prediction seconds per volume for 
 within 15 %), and the machine's load. Both sides run the same ``thoraxseg train`` / ``predict``
 commands as subprocesses, alternately, so they see the same machine.
 
-Run: ``.venv/bin/python benchmarks/spacing2d.py --baseline ../old-tree [--work DIR] [--arms enet customnet]``.
+Short CPU runs differ by several hundredths per organ from one training seed to the next, so a
+difference between the trees means something only next to that spread: ``--train-seed N`` trains
+with seed N instead of the demo's (run folders ``<arm>_<tree>_seedN`` in the same ``--work``; run it
+once per seed and compare the seeds' spread with the trees' difference).
+
+Run: ``.venv/bin/python benchmarks/spacing2d.py --baseline ../old-tree [--work DIR] [--arms enet customnet]
+[--train-seed N]``.
 """
 
 from __future__ import annotations
@@ -93,7 +99,9 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=["customnet", "enet"], choices=["enet", "customnet"])
     parser.add_argument("--test-cases", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="phantom cohort seed")
+    parser.add_argument("--train-seed", type=int, default=None,
+                        help="training seed of both trees (default: the demo config's)")
     parser.add_argument("--speed-epochs", type=int, default=0,
                         help="instead: time N-epoch trainings and the small-grid prediction, baseline and new "
                              "alternately (--speed-repeats times), and print the ratios")
@@ -114,12 +122,14 @@ def main() -> None:
         speed(args, work, demo, trees)
         return
     results: dict[str, dict] = {}
+    suffix = "" if args.train_seed is None else f"_seed{args.train_seed}"
     for arm in args.arms:
         spec = demo[arm]
-        cfg_path = work / f"{arm}.yaml"
-        cfg_path.write_text(yaml.safe_dump(spec["config"]))
+        cfg_path = work / f"{arm}{suffix}.yaml"
+        settings = dict(spec["config"]) if args.train_seed is None else {**spec["config"], "seed": args.train_seed}
+        cfg_path.write_text(yaml.safe_dump(settings))
         for side, tree in trees.items():
-            run = work / "runs" / f"{arm}_{side}"
+            run = work / "runs" / f"{arm}_{side}{suffix}"
             if not (run / "last.pt").exists():
                 print(f"training {arm} ({side}) ... {_load()}", flush=True)
                 _thoraxseg(tree, ["train", "--model", arm, "--data", str(work / "train"), "--out", str(run),
@@ -130,16 +140,17 @@ def main() -> None:
             entry["pixel"] = (f"{config['spacing_mm']} mm" if config.get("preprocessing") == "spacing"
                               else "square resize")
             for grid in GRIDS:
-                out = work / "pred" / f"{arm}_{side}" / grid
+                out = work / "pred" / f"{arm}_{side}{suffix}" / grid
                 seconds = _thoraxseg(tree, ["predict", "--run", str(run), "--images", str(work / "test" / grid),
                                             "--out", str(out)])
                 entry[grid] = mean_dice(out, work / "gt" / grid)
                 entry[f"predict_s_per_volume_{grid}"] = seconds / args.test_cases
             print(f"{arm} ({side}) done; {_load()}", flush=True)
-            (work / "results.json").write_text(json.dumps(results, indent=1))
+            (work / f"results{suffix}.json").write_text(json.dumps(results, indent=1))
 
     organs = list(ORGAN_NAMES)
-    print(f"\nmean Dice over {args.test_cases} held-out phantoms (Δ = grid − small); {_load()} at the end")
+    seed_note = "" if args.train_seed is None else f", training seed {args.train_seed}"
+    print(f"\nmean Dice over {args.test_cases} held-out phantoms (Δ = grid − small{seed_note}); {_load()} at the end")
     print("| arm | tree | pixel | grid | " + " | ".join(organs) + " | mean | max |Δ| |")
     print("|---|---|---|---|" + "---:|" * (len(organs) + 2))
     for key, entry in results.items():
