@@ -305,6 +305,11 @@ def test_schedule_and_multi_window_input(toy_root: Path, tmp_path: Path) -> None
     assert model.initial.conv.in_channels == 3 and cfg["windows"] == windows
     written = predict(run, toy_root / "train" / "Patient_01", tmp_path / "pred")
     assert load_label(written[0]).shape == (32, 32, 8)
+    # resumed to more epochs: the longer schedule from the first resumed epoch on (the 3-epoch schedule
+    # had stepped the lr to 0 after its last epoch; that 0 must not be used for epoch 4)
+    train("enet", toy_root, run, epochs=5, schedule="poly", samples_per_epoch=4, windows=windows, **TINY)
+    lrs = [float(r["lr"]) for r in csv.DictReader((run / "log.csv").open())]
+    assert lrs[3:] == pytest.approx([1e-3 * (2 / 5) ** 0.9, 1e-3 * (1 / 5) ** 0.9], rel=1e-4)
 
 
 # ----------------------------------------------------------------------------- CLI and nnU-Net delegation

@@ -367,7 +367,13 @@ def _restore(run: _Run, state: dict[str, Any] | None, resumed_epoch: int) -> Non
     run.net.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
-    run.scheduler.lr_lambdas = [_Schedule(run.cfg)]  # epochs may have been extended
+    # epochs may have been extended: the longer schedule, and its lr for the next epoch (the saved lr is
+    # the shorter schedule's value after its last step, 0 for poly); the same value when nothing changed
+    run.scheduler.lr_lambdas = [_Schedule(run.cfg)]
+    for group, base, factor in zip(run.optimizer.param_groups, run.scheduler.base_lrs, run.scheduler.lr_lambdas,
+                                   strict=True):
+        group["lr"] = base * factor(run.scheduler.last_epoch)
+    run.scheduler._last_lr = [group["lr"] for group in run.optimizer.param_groups]
     run.history = list(state["history"])
     run.best, run.best_epoch = float(state["best_dice"]), int(state["best_epoch"])
     rngs = state["rng"]
