@@ -47,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="device of the prediction / fold training (default cpu)")
     p.add_argument("--cv-epochs", type=int, default=None, help="epochs of each cross-validation run (default 10)")
     p.add_argument("--no-overlays", action="store_true", help="skip the before/after PNGs of misplaced organs")
+    p.add_argument("--no-ct-refine", action="store_true",
+                   help="fix misplaced organs by the fit onto the reference alone (default: refine that fit on the CT)")
     p.add_argument("--overwrite", action="store_true", help="replace existing --out / --fix folders")
     p.set_defaults(func=run)
 
@@ -69,7 +71,8 @@ def qa_table(result: dict[str, Any]) -> Table:
         for r in p["organs"]:
             style = _STYLE.get(r["verdict"], "")
             note = f" ({r['note']})" if r["note"] and r["verdict"] != "consistent" else ""
-            verdict = r["verdict"] + (" → fixed" if r["fix_accepted"] else "") + note
+            fixed = (" → fixed" + (" (refined on the CT)" if r.get("ct_refined") else "")) if r["fix_accepted"] else ""
+            verdict = r["verdict"] + fixed + note
             table.add_row(p["patient"], r["organ"], _f(r["dice"]), _f(r["centroid_offset_mm"], ".1f"),
                           _f(r["volume_ratio"], ".2f"), _f(r["hd95_mm"], ".1f"),
                           "-" if r["air_fraction"] is None else f"{r['air_fraction']:.1%}", _f(r["dice_after"]),
@@ -79,11 +82,13 @@ def qa_table(result: dict[str, Any]) -> Table:
 
 
 def run(args: argparse.Namespace) -> int:
+    from thoraxseg.qa.assess import Gate
     from thoraxseg.qa.run import run_qa
 
     cv = {"epochs": args.cv_epochs} if args.cv_epochs is not None else None
+    gate = Gate(ct_refine=not args.no_ct_refine)
     result = run_qa(args.data, run=args.run, out=args.out, fix=args.fix, cross_validate=args.cross_validate,
-                    reference=args.reference, seed=args.seed, overwrite=args.overwrite, device=args.device,
+                    reference=args.reference, gate=gate, seed=args.seed, overwrite=args.overwrite, device=args.device,
                     overlays=not args.no_overlays, cv_options=cv)
     console.print(qa_table(result))
     s = result["summary"]

@@ -20,8 +20,12 @@ label, so no clean label is needed). The verdict (:data:`VERDICTS`):
 ``misplaced``
     shape agrees after the rigid fit, position does not: Dice after the fit ≥
     :attr:`Gate.fit_dice`, at least :attr:`Gate.min_gain` above the Dice before, and the fit moves
-    the label by at least :attr:`Gate.min_move_mm` on average. The fix is *accepted* only if the
-    on-air fraction does not rise (by more than :attr:`Gate.air_tolerance`);
+    the label by at least :attr:`Gate.min_move_mm` on average. The fit onto the reference inherits
+    the reference's own error, so it is then refined on the CT (:attr:`Gate.ct_refine`,
+    :func:`thoraxseg.realign.intensity.refine_on_image`: the label's surface onto the organ's edges),
+    kept where that gain is significant and the refined label still agrees with the reference
+    (Dice ≥ :attr:`Gate.fit_dice`). The fix is *accepted* only if the on-air fraction does not rise (by
+    more than :attr:`Gate.air_tolerance`);
 ``consistent``
     not misplaced and Dice before ≥ :attr:`Gate.consistent_dice`;
 ``disagreement``
@@ -58,6 +62,7 @@ from thoraxseg.labels import ORGANS, Organ, label_name
 from thoraxseg.metrics.engine import compute_metrics
 from thoraxseg.realign.estimate import APPLY_MODE, estimate_matrix
 from thoraxseg.realign.geometry import centroid, move_label_cropped, rotation_parameters
+from thoraxseg.realign.intensity import refine_on_image
 
 #: Verdicts, in the order they are tested (see the module docstring).
 VERDICTS: tuple[str, ...] = ("absent", "missing", "extra", "swapped", "misplaced", "consistent", "disagreement")
@@ -71,14 +76,16 @@ class Gate:
 
     The values were chosen from measurements (``benchmarks/qa.py``: 20 small phantoms of seed 7,
     indices 20–39, against the 10-epoch CustomNet of ``tests/trained_fixture.py`` trained on indices
-    0–9). A clean label against that reference has Dice 0.89–0.94 (heart), 0.70–0.81 (aorta),
-    0.51–0.70 (esophagus), 0.78–0.90 (trachea): ``consistent_dice`` and ``fit_dice`` sit below the
-    worst of each. Registering a *clean* label onto the reference gains at most 0.022 Dice (it
-    often loses: the sweep can turn a tube about its axis), while every moved heart/aorta (10–40°,
-    ±5°, ±25 mm; and the course corruption) gained 0.21–0.94 and ended at Dice 0.88–0.92 (heart)
-    and 0.70–0.72 (aorta): ``min_gain`` = 0.10 separates them with margin on both sides. The fit
-    of a clean heart still moves it by 2.9–7.7 mm (the reference's own error), so ``min_move_mm``
-    (4 mm, about one in-plane voxel of these grids) only rejects jitter; the gain is what separates.
+    0–9). A clean label against that reference has Dice 0.87–0.94 (heart), 0.69–0.83 (aorta),
+    0.51–0.70 (esophagus), 0.78–0.93 (trachea): ``consistent_dice`` sits below the worst of each.
+    Registering a *clean* label onto the reference gains at most 0.022 Dice (it often loses: the
+    sweep can turn a tube about its axis), while every moved heart/aorta (10–40°, ±5°, ±25 mm; and
+    the course corruption) gained 0.21–0.94: ``min_gain`` = 0.10 separates them with margin on both
+    sides, and it is what separates. ``fit_dice`` only asks that the shape agree after the fit; a
+    moved organ's fit ends below a clean label's Dice (moved hearts 0.83–0.92, aortas 0.67–0.80,
+    with the two reference runs measured so far), and a weaker reference lowers both, so it sits well below
+    (heart 0.75, aorta 0.60). The fit of a clean heart still moves it by 2–8 mm (the reference's own
+    error), so ``min_move_mm`` (4 mm, about one in-plane voxel of these grids) only rejects jitter.
     Moved organs were moved 23–104 mm on average by their fits.
 
     Attributes
@@ -96,16 +103,21 @@ class Gate:
         resampling changes a few surface voxels).
     min_reference_ml
         A reference organ smaller than this (mL) counts as absent (specks of a prediction).
+    ct_refine
+        Refine the fit of a misplaced organ on the CT (:func:`thoraxseg.realign.intensity.refine_on_image`):
+        the label's surface onto the organ's edges, where the fit onto the reference inherits the
+        reference's error.
     """
 
     consistent_dice: dict[int, float] = field(default_factory=lambda: {
         int(Organ.ESOPHAGUS): 0.45, int(Organ.HEART): 0.80, int(Organ.TRACHEA): 0.50, int(Organ.AORTA): 0.65})
     fit_dice: dict[int, float] = field(default_factory=lambda: {
-        int(Organ.ESOPHAGUS): 0.45, int(Organ.HEART): 0.80, int(Organ.TRACHEA): 0.50, int(Organ.AORTA): 0.65})
+        int(Organ.ESOPHAGUS): 0.45, int(Organ.HEART): 0.75, int(Organ.TRACHEA): 0.50, int(Organ.AORTA): 0.60})
     min_gain: float = 0.10
     min_move_mm: float = 4.0
     air_tolerance: float = 0.02
     min_reference_ml: float = 1.0
+    ct_refine: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready thresholds (organ names as keys)."""
@@ -172,9 +184,11 @@ def assess_case(
     rows
         One dict per organ: ``organ``, ``verdict``, ``fix_accepted``, ``dice``/``iou``/``hd95_mm``
         (label vs reference), ``centroid_offset_mm``, ``volume_ratio`` (label / reference),
-        ``air_fraction``, the fit (``dice_after``, ``iou_after``, ``hd95_after_mm``,
+        ``air_fraction``, ``dice_fit_reference`` (Dice of the fit onto the reference: what the
+        verdict uses), the correction as applied (``dice_after``, ``iou_after``, ``hd95_after_mm``,
         ``air_after``, ``fit_rotation_deg``, ``fit_inplane_deg``, ``fit_move_mm``,
-        ``matrix_voxel`` — output voxel → input voxel, apply to the label), ``note``, ``seconds``.
+        ``matrix_voxel`` — output voxel → input voxel, apply to the label), ``ct_refined`` (the CT
+        refinement was kept) and ``ct_refine`` (its facts), ``note``, ``seconds``.
     fixed
         ``labels`` with every accepted fix applied (other organs keep their voxels); equal to
         ``labels`` when nothing was accepted.
@@ -206,7 +220,7 @@ def assess_case(
             "air_fraction": _finite(label_air_fraction(ct, labels, c)) if lm.any() else None,
             "dice_after": None, "iou_after": None, "hd95_after_mm": None, "air_after": None,
             "fit_rotation_deg": None, "fit_inplane_deg": None, "fit_move_mm": None, "matrix_voxel": None,
-            "note": "", "seconds": 0.0,
+            "dice_fit_reference": None, "ct_refined": None, "ct_refine": None, "note": "", "seconds": 0.0,
         }
         has_lab = bool(lm.any())
         if has_lab and rm.any():
@@ -250,20 +264,39 @@ def _swap_partner(c: int, codes: list[int], lab: dict[int, np.ndarray], ref: dic
 
 def _fit(row: dict[str, Any], c: int, labels: np.ndarray, reference: np.ndarray, lm: np.ndarray, rm: np.ndarray,
          ct: np.ndarray, sp: np.ndarray, g: Gate, seed: int) -> None:
-    """Register the label of organ ``c`` onto the reference; fill the fit fields and the verdict of ``row``."""
+    """Register the label of organ ``c`` onto the reference, judge the fit, and for a misplaced organ refine it
+    on the CT; fill the fit fields and the verdict of ``row``.
+
+    The verdict uses the fit onto the reference (``dice_fit_reference``); the fields ``dice_after`` …
+    ``matrix_voxel`` describe the correction that is applied (the refined one where it was kept).
+    """
     matrix, _ = estimate_matrix(lm, rm, sp, seed=seed, occluder=(labels != 0) & ~lm)
     moved, _ = move_label_cropped(labels, c, matrix, APPLY_MODE)
     after = compute_metrics(moved, reference, sp, organs=[c])[0]
-    angle, _, inplane = rotation_parameters(matrix, sp)
     move_mm = _mean_move_mm(lm, matrix, sp)
+    before = float(row["dice"] or 0.0)
+    d_fit = float(after["dice"]) if np.isfinite(after["dice"]) else 0.0
+    row["dice_fit_reference"] = _finite(d_fit)
+    misplaced = d_fit >= g.fit_dice[c] and d_fit - before >= g.min_gain and move_mm >= g.min_move_mm
+    if misplaced and g.ct_refine:
+        refined, info = refine_on_image(lm, ct, matrix, sp, seed=seed, occluder=(labels != 0) & ~lm)
+        row["ct_refine"] = info
+        row["ct_refined"] = False
+        if info["kept"]:
+            moved_r, _ = move_label_cropped(labels, c, refined, APPLY_MODE)
+            after_r = compute_metrics(moved_r, reference, sp, organs=[c])[0]
+            d_r = float(after_r["dice"]) if np.isfinite(after_r["dice"]) else 0.0
+            info["dice_reference"] = _finite(d_r)
+            if d_r >= g.fit_dice[c]:  # the refined label still agrees with the reference as the verdict requires
+                row["ct_refined"] = True
+                matrix, moved, after, move_mm = refined, moved_r, after_r, _mean_move_mm(lm, refined, sp)
+    angle, _, inplane = rotation_parameters(matrix, sp)
     air_after = label_air_fraction(ct, moved, c) if (moved == c).any() else float("nan")
     row.update(dice_after=_finite(after["dice"]), iou_after=_finite(after["iou"]),
                hd95_after_mm=_finite(after["hd95"]), air_after=_finite(air_after),
                fit_rotation_deg=round(angle, 3), fit_inplane_deg=round(inplane, 3), fit_move_mm=round(move_mm, 3),
                matrix_voxel=np.round(matrix, 9).tolist())
-    before = float(row["dice"] or 0.0)
-    d_after = float(after["dice"]) if np.isfinite(after["dice"]) else 0.0
-    if d_after >= g.fit_dice[c] and d_after - before >= g.min_gain and move_mm >= g.min_move_mm:
+    if misplaced:
         row["verdict"] = "misplaced"
         air_before = row["air_fraction"] or 0.0
         if np.isfinite(air_after) and air_after <= air_before + g.air_tolerance:
@@ -275,5 +308,5 @@ def _fit(row: dict[str, Any], c: int, labels: np.ndarray, reference: np.ndarray,
         row["verdict"] = "consistent"
     else:
         row["verdict"] = "disagreement"
-        row["note"] = (f"shape differs: Dice {before:.3f} before, {d_after:.3f} after the best rigid fit "
+        row["note"] = (f"shape differs: Dice {before:.3f} before, {d_fit:.3f} after the best rigid fit "
                        f"(misplaced needs >= {g.fit_dice[c]:.2f} and a gain >= {g.min_gain:.2f})")

@@ -45,8 +45,8 @@ QA_FORMAT: str = "thoraxseg-qa/1"
 #: Columns of ``qa.csv``.
 CSV_COLUMNS: tuple[str, ...] = (
     "patient", "organ", "verdict", "fix_accepted", "dice", "iou", "hd95_mm", "centroid_offset_mm", "volume_ratio",
-    "air_fraction", "dice_after", "iou_after", "hd95_after_mm", "air_after", "fit_rotation_deg", "fit_inplane_deg",
-    "fit_move_mm", "note", "seconds",
+    "air_fraction", "dice_fit_reference", "dice_after", "iou_after", "hd95_after_mm", "air_after", "fit_rotation_deg",
+    "fit_inplane_deg", "fit_move_mm", "ct_refined", "note", "seconds",
 )
 #: Quick 2D settings of the cross-validation runs (those of the test suite's shared phantom run).
 CV_SETTINGS: dict[str, Any] = {"image_size": 128, "batch_size": 8, "width": 8,

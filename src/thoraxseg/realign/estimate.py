@@ -72,6 +72,7 @@ from thoraxseg.realign.geometry import (
     mm_frame_matrix,
     rigid_voxel_matrix,
     rotation_parameters,
+    subsample_points,
     transform_mask_cropped,
     world_matrix,
 )
@@ -422,13 +423,6 @@ def _inside_grid(pts: np.ndarray, shape: np.ndarray, edge: float) -> np.ndarray:
     return np.all((pts >= edge) & (pts <= shape - 1 - edge), axis=1)
 
 
-def _subsample(rng: np.random.Generator, pts: np.ndarray, n: int) -> np.ndarray:
-    if pts.shape[0] <= n:
-        return pts
-    keep = np.sort(rng.choice(pts.shape[0], size=n, replace=False))
-    return pts[keep]
-
-
 def _estimate_sweep(moved: np.ndarray, clean: np.ndarray, spacing: np.ndarray, seed: int,
                     occluder: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Rigid voxel matrix clean → moved in four phases: sweep, surface bands, distance fit, overlap polish."""
@@ -492,7 +486,7 @@ class _Fit:
         self.sd_m = sd_m = _Field.signed_distance(moved, spacing, margin)
         rng = np.random.default_rng(seed)
         p_c = sd_c.band_points(band_mm)
-        self.p_c = _subsample(rng, p_c[_inside_grid(p_c, shape, _EDGE_VOX)], _MAX_POINTS)
+        self.p_c = subsample_points(rng, p_c[_inside_grid(p_c, shape, _EDGE_VOX)], _MAX_POINTS)
         p_m = sd_m.band_points(band_mm)
         keep = _inside_grid(p_m, shape, _EDGE_VOX)
         if occluder is not None and occluder[bbox_slices((sd_m.lo, sd_m.hi))].any():
@@ -501,7 +495,7 @@ class _Fit:
             crop = occluder[bbox_slices((sd_m.lo, sd_m.hi))]
             self.near_occ = ndimage.distance_transform_edt(~crop, sampling=spacing) <= band_mm + float(spacing.max())
             keep &= ~self.near_occ[tuple(np.rint(p_m - sd_m.lo).astype(np.int64).T)]
-        self.p_m = _subsample(rng, p_m[keep], _MAX_POINTS)
+        self.p_m = subsample_points(rng, p_m[keep], _MAX_POINTS)
 
     def mapped(self, x: np.ndarray, pc: np.ndarray, pm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Clean points mapped into the moved grid, moved points mapped into the clean grid."""

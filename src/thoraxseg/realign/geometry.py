@@ -71,6 +71,17 @@ def bbox_slices(bbox: Bbox) -> tuple[slice, ...]:
     return tuple(slice(int(a), int(b)) for a, b in zip(bbox[0], bbox[1], strict=True))
 
 
+def subsample_points(rng: np.random.Generator, pts: np.ndarray, n: int) -> np.ndarray:
+    """At most ``n`` of the rows of ``pts``, drawn without replacement by ``rng``, in their original order.
+
+    >>> subsample_points(np.random.default_rng(0), np.arange(10).reshape(5, 2), 3).shape
+    (3, 2)
+    """
+    if pts.shape[0] <= n:
+        return pts
+    return pts[np.sort(rng.choice(pts.shape[0], size=n, replace=False))]
+
+
 def centroid(mask: np.ndarray) -> np.ndarray:
     """Centre of mass of a non-empty mask, in voxels ``(x, y, z)``."""
     bbox = mask_bbox(mask)

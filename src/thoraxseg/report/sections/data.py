@@ -83,7 +83,8 @@ class DataSections(ReportContext):
             for r in p.get("organs") or []:
                 if r.get("verdict") == "absent":
                     continue
-                verdict = str(r.get("verdict")) + (" → fixed" if r.get("fix_accepted") else "")
+                verdict = str(r.get("verdict")) + (" → fixed" if r.get("fix_accepted") else "") + (
+                    " (refined on the CT)" if r.get("fix_accepted") and r.get("ct_refined") else "")
                 rows.append([p.get("patient", "?"), r.get("organ", "?"), verdict, f(r.get("dice")),
                              f(r.get("dice_after")), f(r.get("centroid_offset_mm"), ".1f"),
                              f(r.get("volume_ratio"), ".2f"), f(r.get("hd95_mm"), ".1f"),
