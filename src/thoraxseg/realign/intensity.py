@@ -70,8 +70,8 @@ _EDGES = np.arange(_HU_LO - _HU_BIN / 2, _HU_HI + _HU_BIN, _HU_BIN)
 _CENTRES = 0.5 * (_EDGES[1:] + _EDGES[:-1])
 _SMOOTH_BINS = 1.5  # Gaussian smoothing of the histograms (bins)
 _PRIOR_COUNT = 0.5  # added to every (smoothed) bin before normalising: no log(0)
-_MAX_POINTS = 20_000  # band points per side (seeded subsample)
-_XTOL = 0.01  # Powell tolerance, in units of ~1 voxel of surface motion
+_MAX_POINTS = 10_000  # band points per side (seeded subsample)
+_XTOL = 0.03  # Powell tolerance, in units of ~1 voxel of surface motion
 _MAX_EVALS = 600  # per round
 _CONVERGED_VOX = 0.05
 _PULL = 0.002  # score per (voxel of surface motion)²: the pull towards each round's start
@@ -220,8 +220,14 @@ def refine_on_image(
     shift_cap = float(max_shift_mm) if max_shift_mm is not None else max(10.0, 2.0 * float(sp.max()))
     inner, outer = band_points(mask, sp, band)
     if occluder is not None and np.any(occluder):
-        near = ndimage.distance_transform_edt(~np.asarray(occluder, dtype=bool), sampling=sp) <= band + float(sp.max())
-        inner, outer = (pts[~near[tuple(pts.astype(np.int64).T)]] for pts in (inner, outer))
+        # distances to the other organs, on the box of the band points widened by the reach of the test only
+        reach = band + float(sp.max())
+        pts_all = np.concatenate([inner, outer]).astype(np.int64)
+        margin = np.ceil(reach / sp).astype(np.int64) + 1
+        lo, hi = expand_bbox((pts_all.min(axis=0), pts_all.max(axis=0) + 1), margin, mask.shape)
+        occ = np.asarray(occluder, dtype=bool)[bbox_slices((lo, hi))]
+        near = ndimage.distance_transform_edt(~occ, sampling=sp) <= reach if occ.any() else np.zeros(occ.shape, bool)
+        inner, outer = (pts[~near[tuple((pts.astype(np.int64) - lo).T)]] for pts in (inner, outer))
     info: dict[str, Any] = {"kept": False, "gain_z": None, "motion_vox": 0.0, "score_start": None, "score_end": None,
                             "rounds": 0, "evaluations": 0, "band_mm": round(band, 3), "rotation_deg": [0.0] * 3,
                             "shift_mm": [0.0] * 3}
