@@ -23,10 +23,14 @@ surface, the rigid shape fixed:
    moving (an EM-like alternation: the first model, learned at a slightly wrong position, is blurred;
    each round sharpens it).
 
+5. The result is kept only if its score gain over the start is significant (``min_z`` standard errors,
+   paired over the band points) and it moves the surface by at least ``min_move_vox`` voxels;
+   otherwise the start is returned.
+
 Where the organ's edge is invisible (soft tissue against soft tissue), the score is flat along it and
-the start is kept there; only visible edges pull. The caller decides whether to trust the result
-(``thoraxseg qa`` keeps the refined correction only if its agreement with the reference stays within
-a margin).
+a weak pull keeps the start there; only visible edges pull. The caller decides whether to trust the
+result (``thoraxseg qa`` keeps it only if the refined label still agrees with the reference as its
+verdict requires).
 
 Examples
 --------
@@ -73,10 +77,10 @@ _PRIOR_COUNT = 0.5  # added to every (smoothed) bin before normalising: no log(0
 _MAX_POINTS = 10_000  # band points per side (seeded subsample)
 _XTOL = 0.03  # Powell tolerance, in units of ~1 voxel of surface motion
 _MAX_EVALS = 600  # per round
-_CONVERGED_VOX = 0.05
+_CONVERGED_VOX = 0.05  # a round that moves the surface by less than this (voxels) ends the rounds
 _PULL = 0.002  # score per (voxel of surface motion)²: the pull towards each round's start
-_REVERT_GAIN = 0.002  # a parameter's move that gains less score than this is undone  # a round that moves the surface by less than this (voxels) ends the rounds
-_SMOOTH_VOX = (0.5, 0.5, 0.0)  # Gaussian sigma (voxels) of the CT before sampling
+_REVERT_GAIN = 0.002  # a parameter's move that gains less score than this is undone
+_SMOOTH_VOX = (0.5, 0.5, 0.0)  # Gaussian sigma (voxels) of the CT before sampling, in-plane only
 
 
 def band_points(mask: np.ndarray, spacing: np.ndarray, band_mm: float) -> tuple[np.ndarray, np.ndarray]:
