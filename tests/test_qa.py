@@ -339,7 +339,7 @@ def test_qa_with_a_phantom_trained_run_finds_and_fixes_per_patient_moves(tmp_pat
     result = run_qa(tmp_path / "data", run=phantom_2d_run, out=tmp_path / "qa", fix=tmp_path / "fixed")
     # The fit onto the reference (a 2D model, heart Dice ~0.9, aorta ~0.75) inherits the model's error: alone it
     # left IoU gaps to the nearest-neighbour limit of 0.02-0.41 (benchmarks/qa.py, 7 moved organs of 20 patients;
-    # 0.12 on Patient_23 here). Refined on the CT: 0.01-0.10 there, 0.01-0.11 on these patients. 0.20 holds
+    # 0.12 on Patient_23 here). Refined on the CT: 0.01-0.09 there, 0.01-0.11 on these patients. 0.20 holds
     # that with margin for a reference trained on another CPU; the moved labels start 0.37-0.88 below the limit.
     assert _assert_fixed_within_limit(result, tmp_path / "data", tmp_path / "fixed", truth, 0.20) == len(moved)
     for t in truth["patients"]:
@@ -358,7 +358,7 @@ def test_qa_fixes_the_course_corruption_without_the_reference_pair(tmp_path: Pat
     truth = course_cohort(tmp_path / "data", (26, 27), seed=7)
     result = run_qa(tmp_path / "data", run=phantom_2d_run, out=tmp_path / "qa", fix=tmp_path / "fixed")
     # benchmarks/qa.py measured IoU gaps to the nearest-neighbour limit of -0.003-0.15 on 20 course-corrupted
-    # hearts by the fit onto the reference alone (0.153 on Patient_27 here), 0.003-0.072 refined on the CT
+    # hearts by the fit onto the reference alone (0.153 on Patient_27 here), 0.004-0.071 refined on the CT
     # (0.05 and 0.02 here); the moved hearts start ~0.9 IoU below the limit. 0.12: margin for another CPU.
     assert _assert_fixed_within_limit(result, tmp_path / "data", tmp_path / "fixed", truth, 0.12) == 2
 
@@ -426,9 +426,9 @@ def test_ct_refinement_corrects_a_biased_reference_on_the_real_ct(realct_dir: Pa
     assert row["ct_refined"], row["ct_refine"]
     # Measured on this CT (1.5 mm voxels; moves as above with random biases of 3°/3 mm, 12 cases): the fit onto
     # the biased reference keeps its 3° and IoU gaps of 0.07-0.25 to the nearest-neighbour limit; refined on
-    # the CT, gaps 0.016-0.076 and rotation errors 0.3-1.8°. Started at the exact inverse, the refinement
-    # itself settles 0.02-0.05 IoU away (the model-made label is not exactly on the CT's edges): that floor,
-    # not the reference, bounds it. Bounds with margin on both.
+    # the CT, gaps 0.014-0.064 and rotation errors 0.04-1.5°. Started at the exact inverse, the refinement
+    # itself settles the heart 0.05 IoU away (the model-made label is not exactly on the CT's edges): that
+    # floor, not the reference, bounds it. Bounds with margin on both.
     assert rot_ref > 2.5 and gap_ref > 0.06
     assert gap_ct < 0.10 and gap_ct < 0.7 * gap_ref, (gap_ref, gap_ct)
     assert rot_ct < 2.0, (rot_ref, rot_ct)
