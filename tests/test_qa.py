@@ -399,6 +399,24 @@ def test_an_exact_fit_is_not_moved_by_the_ct_refinement(thorax) -> None:
     assert row["matrix_voxel"] == without["matrix_voxel"] and without["ct_refine"] is None
 
 
+def test_a_label_on_two_slices_is_refined_in_plane_only() -> None:
+    # A label on two slices has no surface across slices: a tilt or a z shift would be fitted to nothing
+    # (before this guard a one-slice square was tilted by 3.8°). Its in-plane offset is still found.
+    from thoraxseg.realign.intensity import refine_on_image
+
+    mask = np.zeros((40, 40, 6), bool)
+    mask[10:22, 12:26, 2:4] = True
+    ct = np.where(np.roll(mask, 2, axis=0), 200.0, -50.0)  # the organ on the CT lies 2 voxels further along x
+    matrix, info = refine_on_image(mask, ct, np.eye(4), (1.0, 1.0, 2.0))
+    assert info["in_plane_only"] and info["kept"], info
+    assert info["rotation_deg"][:2] == [0.0, 0.0] and info["shift_mm"][2] == 0.0
+    # frozen: exactly no tilt and no z motion; in-plane the square's edges fix the shift to within half a
+    # voxel and leave no turn worth more than the revert threshold (bound 1°: a bar, not a measured value)
+    assert np.allclose(matrix[2, :3], [0.0, 0.0, 1.0]) and matrix[2, 3] == 0.0, matrix
+    assert abs(info["rotation_deg"][2]) < 1.0, info
+    assert abs(matrix[0, 3] + 2.0) < 0.5 and abs(matrix[1, 3]) < 0.5, matrix
+
+
 @pytest.mark.realct
 @pytest.mark.parametrize("organ", [HEART, AORTA])
 def test_ct_refinement_corrects_a_biased_reference_on_the_real_ct(realct_dir: Path, organ: int) -> None:

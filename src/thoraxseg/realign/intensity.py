@@ -21,8 +21,8 @@ surface, the rigid shape fixed:
    inside a trust region around the start (``max_rotation_deg``, ``max_shift_mm``), then the model is
    re-estimated under the new correction (step 2), for at most ``rounds`` rounds or until it stops
    moving (an EM-like alternation: the first model, learned at a slightly wrong position, is blurred;
-   each round sharpens it).
-
+   each round sharpens it). A label on fewer than three slices has no surface across slices: its
+   tilts and z shift stay as started, only the in-plane angle and shift are refined.
 5. The result is kept only if its score gain over the start is significant (``min_z`` standard errors,
    paired over the band points) and it moves the surface by at least ``min_move_vox`` voxels;
    otherwise the start is returned.
@@ -81,6 +81,7 @@ _CONVERGED_VOX = 0.05  # a round that moves the surface by less than this (voxel
 _PULL = 0.002  # score per (voxel of surface motion)²: the pull towards each round's start
 _REVERT_GAIN = 0.002  # a parameter's move that gains less score than this is undone
 _SMOOTH_VOX = (0.5, 0.5, 0.0)  # Gaussian sigma (voxels) of the CT before sampling, in-plane only
+_MIN_SLICES = 3  # a label on fewer slices is refined in-plane only (angle about z, shift along x and y)
 
 
 def band_points(mask: np.ndarray, spacing: np.ndarray, band_mm: float) -> tuple[np.ndarray, np.ndarray]:
@@ -212,7 +213,8 @@ def refine_on_image(
         ``kept`` (whether the refinement was kept), ``gain_z`` (its significance), ``motion_vox`` (its
         mean surface motion, voxels), ``score_start``, ``score_end`` (under the last intensity model),
         ``rounds``, ``evaluations``, ``band_mm``, ``rotation_deg`` and ``shift_mm`` (the refinement
-        found, against the start, per axis, whether kept or not), ``seconds``.
+        found, against the start, per axis, whether kept or not), ``in_plane_only`` (the label spans
+        fewer than 3 slices: tilts and the z shift were not refined), ``seconds``.
     """
     t0 = time.perf_counter()
     mask = np.asarray(mask, dtype=bool)
@@ -234,7 +236,7 @@ def refine_on_image(
         inner, outer = (pts[~near[tuple((pts.astype(np.int64) - lo).T)]] for pts in (inner, outer))
     info: dict[str, Any] = {"kept": False, "gain_z": None, "motion_vox": 0.0, "score_start": None, "score_end": None,
                             "rounds": 0, "evaluations": 0, "band_mm": round(band, 3), "rotation_deg": [0.0] * 3,
-                            "shift_mm": [0.0] * 3}
+                            "shift_mm": [0.0] * 3, "in_plane_only": False}
     if not inner.shape[0] or not outer.shape[0]:  # every surface point lies next to another organ
         return start.copy(), {**info, "seconds": round(time.perf_counter() - t0, 3)}
     rng = np.random.default_rng(seed)
@@ -249,6 +251,11 @@ def refine_on_image(
     radius_mm = float(np.sqrt(np.mean(np.sum(((inner - inner.mean(axis=0)) * sp) ** 2, axis=1)))) or 1.0
     unit = np.r_[np.full(3, float(sp.min()) / radius_mm), np.full(3, float(sp.min()))]  # ~1 voxel of motion
     cap = np.r_[np.broadcast_to(np.deg2rad(np.asarray(max_rotation_deg, dtype=np.float64)), 3), np.full(3, shift_cap)]
+    # x = (rotation about x, y, z in radians, shift along x, y, z in mm). A label on fewer than
+    # _MIN_SLICES slices has no surface across slices to fit: its tilts and z shift stay as started.
+    z_slices = np.flatnonzero(mask.any(axis=(0, 1)))
+    in_plane_only = bool(z_slices[-1] - z_slices[0] + 1 < _MIN_SLICES)
+    free = np.flatnonzero([not in_plane_only] * 2 + [True] * 3 + [not in_plane_only])
 
     def matrix_of(x: np.ndarray) -> np.ndarray:
         return start @ rigid_voxel_matrix(x[:3], x[3:], pivot, sp)
@@ -260,19 +267,23 @@ def refine_on_image(
     for done in range(1, rounds + 1):  # noqa: B007 (the count is reported)
         base = x.copy()
 
-        def cost(z: np.ndarray, base: np.ndarray = base) -> float:
+        def cost(zf: np.ndarray, base: np.ndarray = base) -> float:
+            z = np.zeros(6)
+            z[free] = zf
             y = base + z * unit
             excess = np.maximum(np.abs(y) - cap, 0.0) / unit  # outside the trust region: steeply worse
             # a weak pull towards the round's start: along directions the edges do not resolve, stay
             return -scorer.score(matrix_of(np.clip(y, -cap, cap))) + _PULL * float(z @ z) + 10.0 * float(excess @ excess)
 
-        res = optimize.minimize(cost, np.zeros(6), method="Powell",
+        res = optimize.minimize(cost, np.zeros(free.size), method="Powell",
                                 options={"xtol": _XTOL, "ftol": 1e-7, "maxfev": _MAX_EVALS})
         evaluations += int(res.nfev)
-        trial = np.clip(base + res.x * unit, -cap, cap)
+        step = np.zeros(6)
+        step[free] = res.x
+        trial = np.clip(base + step * unit, -cap, cap)
         best = scorer.score(matrix_of(trial))
         # Undo moves that bought (almost) nothing: along a flat direction Powell's end point is arbitrary.
-        for i in range(6):
+        for i in free:
             back = trial.copy()
             back[i] = base[i]
             value = scorer.score(matrix_of(back))
@@ -293,6 +304,7 @@ def refine_on_image(
         refined = start.copy()
     info.update(kept=kept, gain_z=round(z, 3) if np.isfinite(z) else None, motion_vox=round(move_vox, 3),
                 score_start=round(score_start, 4), score_end=round(scorer.score(refined), 4), rounds=done,
+                in_plane_only=in_plane_only,
                 evaluations=evaluations, rotation_deg=[round(float(v), 3) for v in np.degrees(x[:3])],
                 shift_mm=[round(float(v), 3) for v in x[3:]], seconds=round(time.perf_counter() - t0, 3))
     return refined, info
