@@ -63,6 +63,8 @@ def _f(v: Any, fmt: str = ".3f") -> str:
 
 def qa_table(result: dict[str, Any]) -> Table:
     """The on-screen table: one row per patient and organ."""
+    from thoraxseg.qa.assess import verdict_text
+
     table = Table(title=f"label QA of {result['data']} (reference: {result['reference']['kind']})")
     for col in ("patient", "organ", "Dice", "centroid Δ mm", "vol ratio", "HD95 mm", "on air", "Dice after fit",
                 "fit rot °", "fit move mm", "verdict"):
@@ -71,8 +73,7 @@ def qa_table(result: dict[str, Any]) -> Table:
         for r in p["organs"]:
             style = _STYLE.get(r["verdict"], "")
             note = f" ({r['note']})" if r["note"] and r["verdict"] != "consistent" else ""
-            fixed = (" → fixed" + (" (refined on the CT)" if r.get("ct_refined") else "")) if r["fix_accepted"] else ""
-            verdict = r["verdict"] + fixed + note
+            verdict = verdict_text(r) + note
             table.add_row(p["patient"], r["organ"], _f(r["dice"]), _f(r["centroid_offset_mm"], ".1f"),
                           _f(r["volume_ratio"], ".2f"), _f(r["hd95_mm"], ".1f"),
                           "-" if r["air_fraction"] is None else f"{r['air_fraction']:.1%}", _f(r["dice_after"]),

@@ -262,6 +262,20 @@ def _swap_partner(c: int, codes: list[int], lab: dict[int, np.ndarray], ref: dic
     return None
 
 
+def _corrected(labels: np.ndarray, reference: np.ndarray, c: int, matrix: np.ndarray,
+               sp: np.ndarray) -> tuple[np.ndarray, dict[str, Any], float]:
+    """``labels`` with organ ``c`` moved by ``matrix``, its metrics against ``reference``, its Dice (0 where undefined)."""
+    moved, _ = move_label_cropped(labels, c, matrix, APPLY_MODE)
+    after = compute_metrics(moved, reference, sp, organs=[c])[0]
+    return moved, after, float(after["dice"]) if np.isfinite(after["dice"]) else 0.0
+
+
+def verdict_text(row: dict[str, Any]) -> str:
+    """A row's verdict as shown (screen table, report): ``misplaced → fixed (refined on the CT)`` and the like."""
+    fixed = " → fixed" + (" (refined on the CT)" if row.get("ct_refined") else "") if row.get("fix_accepted") else ""
+    return str(row.get("verdict")) + fixed
+
+
 def _fit(row: dict[str, Any], c: int, labels: np.ndarray, reference: np.ndarray, lm: np.ndarray, rm: np.ndarray,
          ct: np.ndarray, sp: np.ndarray, g: Gate, seed: int) -> None:
     """Register the label of organ ``c`` onto the reference, judge the fit, and for a misplaced organ refine it
@@ -270,22 +284,19 @@ def _fit(row: dict[str, Any], c: int, labels: np.ndarray, reference: np.ndarray,
     The verdict uses the fit onto the reference (``dice_fit_reference``); the fields ``dice_after`` …
     ``matrix_voxel`` describe the correction that is applied (the refined one where it was kept).
     """
-    matrix, _ = estimate_matrix(lm, rm, sp, seed=seed, occluder=(labels != 0) & ~lm)
-    moved, _ = move_label_cropped(labels, c, matrix, APPLY_MODE)
-    after = compute_metrics(moved, reference, sp, organs=[c])[0]
+    occluder = (labels != 0) & ~lm
+    matrix, _ = estimate_matrix(lm, rm, sp, seed=seed, occluder=occluder)
+    moved, after, d_fit = _corrected(labels, reference, c, matrix, sp)
     move_mm = _mean_move_mm(lm, matrix, sp)
     before = float(row["dice"] or 0.0)
-    d_fit = float(after["dice"]) if np.isfinite(after["dice"]) else 0.0
     row["dice_fit_reference"] = _finite(d_fit)
     misplaced = d_fit >= g.fit_dice[c] and d_fit - before >= g.min_gain and move_mm >= g.min_move_mm
     if misplaced and g.ct_refine:
-        refined, info = refine_on_image(lm, ct, matrix, sp, seed=seed, occluder=(labels != 0) & ~lm)
+        refined, info = refine_on_image(lm, ct, matrix, sp, seed=seed, occluder=occluder)
         row["ct_refine"] = info
         row["ct_refined"] = False
         if info["kept"]:
-            moved_r, _ = move_label_cropped(labels, c, refined, APPLY_MODE)
-            after_r = compute_metrics(moved_r, reference, sp, organs=[c])[0]
-            d_r = float(after_r["dice"]) if np.isfinite(after_r["dice"]) else 0.0
+            moved_r, after_r, d_r = _corrected(labels, reference, c, refined, sp)
             info["dice_reference"] = _finite(d_r)
             if d_r >= g.fit_dice[c]:  # the refined label still agrees with the reference as the verdict requires
                 row["ct_refined"] = True

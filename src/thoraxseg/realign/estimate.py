@@ -70,6 +70,7 @@ from thoraxseg.realign.geometry import (
     expand_bbox,
     mask_bbox,
     mm_frame_matrix,
+    near_mask,
     rigid_voxel_matrix,
     rotation_parameters,
     subsample_points,
@@ -489,11 +490,11 @@ class _Fit:
         self.p_c = subsample_points(rng, p_c[_inside_grid(p_c, shape, _EDGE_VOX)], _MAX_POINTS)
         p_m = sd_m.band_points(band_mm)
         keep = _inside_grid(p_m, shape, _EDGE_VOX)
-        if occluder is not None and occluder[bbox_slices((sd_m.lo, sd_m.hi))].any():
+        if occluder is not None:
             # Voxels within the band of another organ of the moved file: the moved organ may have lost
             # voxels there, so its surface there is not the organ's surface.
-            crop = occluder[bbox_slices((sd_m.lo, sd_m.hi))]
-            self.near_occ = ndimage.distance_transform_edt(~crop, sampling=spacing) <= band_mm + float(spacing.max())
+            self.near_occ = near_mask(occluder, (sd_m.lo, sd_m.hi), spacing, band_mm)
+        if self.near_occ is not None:
             keep &= ~self.near_occ[tuple(np.rint(p_m - sd_m.lo).astype(np.int64).T)]
         self.p_m = subsample_points(rng, p_m[keep], _MAX_POINTS)
 

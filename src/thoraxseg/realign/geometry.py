@@ -82,6 +82,22 @@ def subsample_points(rng: np.random.Generator, pts: np.ndarray, n: int) -> np.nd
     return pts[np.sort(rng.choice(pts.shape[0], size=n, replace=False))]
 
 
+def near_mask(mask: np.ndarray, box: Bbox, spacing: np.ndarray, band_mm: float) -> np.ndarray | None:
+    """Voxels of the box ``box`` within ``band_mm`` plus one largest voxel size (mm, centre to centre) of ``mask``.
+
+    The band plus one voxel: a label that lost voxels to another organ lost them next to that organ, so
+    its surface within a band of it is not the organ's own. ``None`` where ``mask`` has no voxel in the box.
+
+    >>> m = np.zeros((5, 1, 1), bool); m[0] = True
+    >>> near_mask(m, (np.zeros(3, int), np.array([5, 1, 1])), np.ones(3), 1.0)[:, 0, 0].tolist()
+    [True, True, True, False, False]
+    """
+    crop = mask[bbox_slices(box)]
+    if not crop.any():
+        return None
+    return ndimage.distance_transform_edt(~crop, sampling=spacing) <= band_mm + float(np.max(spacing))
+
+
 def centroid(mask: np.ndarray) -> np.ndarray:
     """Centre of mass of a non-empty mask, in voxels ``(x, y, z)``."""
     bbox = mask_bbox(mask)

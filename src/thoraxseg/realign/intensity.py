@@ -64,6 +64,7 @@ from thoraxseg.realign.geometry import (
     centroid,
     expand_bbox,
     mask_bbox,
+    near_mask,
     rigid_voxel_matrix,
     subsample_points,
 )
@@ -225,15 +226,14 @@ def refine_on_image(
     band = float(band_mm) if band_mm is not None else 2.0 * float(sp[:2].max())
     shift_cap = float(max_shift_mm) if max_shift_mm is not None else max(10.0, 2.0 * float(sp.max()))
     inner, outer = band_points(mask, sp, band)
-    if occluder is not None and np.any(occluder):
+    if occluder is not None:
         # distances to the other organs, on the box of the band points widened by the reach of the test only
-        reach = band + float(sp.max())
         pts_all = np.concatenate([inner, outer]).astype(np.int64)
-        margin = np.ceil(reach / sp).astype(np.int64) + 1
+        margin = np.ceil((band + float(sp.max())) / sp).astype(np.int64) + 1
         lo, hi = expand_bbox((pts_all.min(axis=0), pts_all.max(axis=0) + 1), margin, mask.shape)
-        occ = np.asarray(occluder, dtype=bool)[bbox_slices((lo, hi))]
-        near = ndimage.distance_transform_edt(~occ, sampling=sp) <= reach if occ.any() else np.zeros(occ.shape, bool)
-        inner, outer = (pts[~near[tuple((pts.astype(np.int64) - lo).T)]] for pts in (inner, outer))
+        near = near_mask(np.asarray(occluder, dtype=bool), (lo, hi), sp, band)
+        if near is not None:
+            inner, outer = (pts[~near[tuple((pts.astype(np.int64) - lo).T)]] for pts in (inner, outer))
     info: dict[str, Any] = {"kept": False, "gain_z": None, "motion_vox": 0.0, "score_start": None, "score_end": None,
                             "rounds": 0, "evaluations": 0, "band_mm": round(band, 3), "rotation_deg": [0.0] * 3,
                             "shift_mm": [0.0] * 3, "in_plane_only": False}

@@ -63,6 +63,9 @@ class DataSections(ReportContext):
 
     def sec_qa(self) -> str:
         """Label QA against a trained model's predictions (``realign/qa/qa.json``, ``realign.method: qa``)."""
+        # imported on use: importing the report needs none of the QA machinery
+        from thoraxseg.qa.assess import verdict_text
+
         qa = self.s.qa
         summary = qa.get("summary") or {}
         ref = qa.get("reference") or {}
@@ -83,9 +86,7 @@ class DataSections(ReportContext):
             for r in p.get("organs") or []:
                 if r.get("verdict") == "absent":
                     continue
-                verdict = str(r.get("verdict")) + (" → fixed" if r.get("fix_accepted") else "") + (
-                    " (refined on the CT)" if r.get("fix_accepted") and r.get("ct_refined") else "")
-                rows.append([p.get("patient", "?"), r.get("organ", "?"), verdict, f(r.get("dice")),
+                rows.append([p.get("patient", "?"), r.get("organ", "?"), verdict_text(r), f(r.get("dice")),
                              f(r.get("dice_after")), f(r.get("centroid_offset_mm"), ".1f"),
                              f(r.get("volume_ratio"), ".2f"), f(r.get("hd95_mm"), ".1f"),
                              "—" if r.get("air_fraction") is None else f"{r['air_fraction']:.1%}",
