@@ -15,12 +15,13 @@ within 15 %), and the machine's load. Both sides run the same ``thoraxseg train`
 commands as subprocesses, alternately, so they see the same machine.
 
 Short CPU runs differ by several hundredths per organ from one training seed to the next, so a
-difference between the trees means something only next to that spread: ``--train-seed N`` trains
-with seed N instead of the demo's (run folders ``<arm>_<tree>_seedN`` in the same ``--work``; run it
-once per seed and compare the seeds' spread with the trees' difference).
+difference between grids or trees means something only next to that spread: ``--train-seed N [N ...]``
+trains once per seed instead of with the demo's (run folders ``<arm>_<tree>_seedN`` in the same
+``--work``; finished runs are reused) and, for several seeds, ends with a summary per arm, grid and
+organ: the mean Δ over the seeds, its range, and on how many seeds ``|Δ| ≤ 0.05``.
 
-Run: ``.venv/bin/python benchmarks/spacing2d.py --baseline ../old-tree [--work DIR] [--arms enet customnet]
-[--train-seed N]``.
+Run: ``.venv/bin/python benchmarks/spacing2d.py [--baseline ../old-tree] [--work DIR] [--arms enet customnet]
+[--train-seed N [N ...]]``.
 """
 
 from __future__ import annotations
@@ -100,8 +101,11 @@ def main() -> None:
     parser.add_argument("--test-cases", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="phantom cohort seed")
-    parser.add_argument("--train-seed", type=int, default=None,
-                        help="training seed of both trees (default: the demo config's)")
+    parser.add_argument("--train-seed", type=int, nargs="+", default=None,
+                        help="training seed(s) of both trees, one training per seed (default: the demo config's)")
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="training settings on top of the demo's, dotted keys, YAML values (e.g. "
+                             "augment.fov_prob=0.6); the run folders get a matching suffix")
     parser.add_argument("--speed-epochs", type=int, default=0,
                         help="instead: time N-epoch trainings and the small-grid prediction, baseline and new "
                              "alternately (--speed-repeats times), and print the ratios")
@@ -121,17 +125,28 @@ def main() -> None:
     if args.speed_epochs:
         speed(args, work, demo, trees)
         return
+    seeds = [None] if args.train_seed is None else list(dict.fromkeys(args.train_seed))
+    per_seed = {seed: measure(args, work, demo, trees, seed) for seed in seeds}
+    if len(seeds) > 1:
+        print_seed_summary(per_seed)
+
+
+def measure(args: argparse.Namespace, work: Path, demo: dict, trees: dict[str, Path],
+            train_seed: int | None) -> dict[str, dict]:
+    """Train (unless done) and predict every arm with ``train_seed`` on both trees; print and return the Dice."""
     results: dict[str, dict] = {}
-    suffix = "" if args.train_seed is None else f"_seed{args.train_seed}"
+    suffix = ("" if train_seed is None else f"_seed{train_seed}") + "".join(
+        f"_{o.replace('=', '-')}" for o in args.overrides)
     for arm in args.arms:
         spec = demo[arm]
         cfg_path = work / f"{arm}{suffix}.yaml"
-        settings = dict(spec["config"]) if args.train_seed is None else {**spec["config"], "seed": args.train_seed}
+        settings = dict(spec["config"]) if train_seed is None else {**spec["config"], "seed": train_seed}
+        settings = with_overrides(settings, args.overrides)
         cfg_path.write_text(yaml.safe_dump(settings))
         for side, tree in trees.items():
             run = work / "runs" / f"{arm}_{side}{suffix}"
             if not (run / "last.pt").exists():
-                print(f"training {arm} ({side}) ... {_load()}", flush=True)
+                print(f"training {arm} ({side}{suffix}) ... {_load()}", flush=True)
                 _thoraxseg(tree, ["train", "--model", arm, "--data", str(work / "train"), "--out", str(run),
                                   "--config", str(cfg_path), "--epochs", str(spec["epochs"]),
                                   "--threads", str(args.threads)])
@@ -145,11 +160,11 @@ def main() -> None:
                                             "--out", str(out)])
                 entry[grid] = mean_dice(out, work / "gt" / grid)
                 entry[f"predict_s_per_volume_{grid}"] = seconds / args.test_cases
-            print(f"{arm} ({side}) done; {_load()}", flush=True)
+            print(f"{arm} ({side}{suffix}) done; {_load()}", flush=True)
             (work / f"results{suffix}.json").write_text(json.dumps(results, indent=1))
 
     organs = list(ORGAN_NAMES)
-    seed_note = "" if args.train_seed is None else f", training seed {args.train_seed}"
+    seed_note = "" if train_seed is None else f", training seed {train_seed}"
     print(f"\nmean Dice over {args.test_cases} held-out phantoms (Δ = grid − small{seed_note}); {_load()} at the end")
     print("| arm | tree | pixel | grid | " + " | ".join(organs) + " | mean | max |Δ| |")
     print("|---|---|---|---|" + "---:|" * (len(organs) + 2))
@@ -162,14 +177,54 @@ def main() -> None:
             worst = "" if grid == "small" else f"{max(abs(d[o] - base[o]) for o in organs):.3f}"
             print(f"| {arm} | {side} | {entry['pixel']} | {grid} | " + " | ".join(cells)
                   + f" | {np.mean([d[o] for o in organs]):.3f} | {worst} |")
-    print("\n| arm | train images/s baseline | new | ratio | predict s/volume (small grid, import included) "
-          "baseline | new | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for arm in (args.arms if args.baseline else []):
-        b, n = results[f"{arm}_baseline"], results[f"{arm}_new"]
-        tb, tn = b["train_images_per_s"], n["train_images_per_s"]
-        pb, pn = b["predict_s_per_volume_small"], n["predict_s_per_volume_small"]
-        print(f"| {arm} | {tb:.1f} | {tn:.1f} | {tn / tb:.2f} | {pb:.2f} | {pn:.2f} | {pn / pb:.2f} |")
+    if args.baseline:
+        print("\n| arm | train images/s baseline | new | ratio | predict s/volume (small grid, import included) "
+              "baseline | new | ratio |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for arm in args.arms:
+            b, n = results[f"{arm}_baseline"], results[f"{arm}_new"]
+            tb, tn = b["train_images_per_s"], n["train_images_per_s"]
+            pb, pn = b["predict_s_per_volume_small"], n["predict_s_per_volume_small"]
+            print(f"| {arm} | {tb:.1f} | {tn:.1f} | {tn / tb:.2f} | {pb:.2f} | {pn:.2f} | {pn / pb:.2f} |")
+    return results
+
+
+def with_overrides(settings: dict, overrides: list[str]) -> dict:
+    """``settings`` with each ``a.b=value`` (YAML value) set, nested dictionaries created as needed."""
+    out = json.loads(json.dumps(settings))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        *parents, leaf = key.split(".")
+        node = out
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+#: The issue's invariance target: mean Dice per organ within this much of the training grid's.
+TARGET_DELTA = 0.05
+
+
+def print_seed_summary(per_seed: dict[int | None, dict[str, dict]]) -> None:
+    """Per arm, tree, grid and organ over the training seeds: mean Δ to ``small``, its range, seeds within target."""
+    organs = list(ORGAN_NAMES)
+    seeds = list(per_seed)
+    print(f"\nover training seeds {', '.join(str(s) for s in seeds)}: mean Δ to small [min, max], "
+          f"and on how many seeds |Δ| ≤ {TARGET_DELTA}")
+    print("| arm | tree | grid | " + " | ".join(organs) + " | seeds within on every organ |")
+    print("|---|---|---|" + "---|" * len(organs) + "---:|")
+    for key in per_seed[seeds[0]]:
+        arm, side = key.rsplit("_", 1)
+        for grid in GRIDS[1:]:
+            deltas = {o: np.array([per_seed[s][key][grid][o] - per_seed[s][key]["small"][o] for s in seeds])
+                      for o in organs}
+            cells = [f"{d.mean():+.3f} [{d.min():+.3f}, {d.max():+.3f}] {int((np.abs(d) <= TARGET_DELTA).sum())}/"
+                     f"{len(seeds)}" for d in deltas.values()]
+            every = int(np.all([np.abs(d) <= TARGET_DELTA for d in deltas.values()], axis=0).sum())
+            print(f"| {arm} | {side} | {grid} | " + " | ".join(cells) + f" | {every}/{len(seeds)} |")
 
 
 def speed(args: argparse.Namespace, work: Path, demo: dict, trees: dict[str, Path]) -> None:
