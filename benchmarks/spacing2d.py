@@ -104,8 +104,8 @@ def main() -> None:
     parser.add_argument("--train-seed", type=int, nargs="+", default=None,
                         help="training seed(s) of both trees, one training per seed (default: the demo config's)")
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="training settings on top of the demo's, dotted keys, YAML values (e.g. "
-                             "augment.fov_prob=0.6); the run folders get a matching suffix")
+                        help="passed to thoraxseg train --set (dotted keys, YAML values, e.g. augment.fov_prob=0.6); "
+                             "the run folders get a matching suffix")
     parser.add_argument("--speed-epochs", type=int, default=0,
                         help="instead: time N-epoch trainings and the small-grid prediction, baseline and new "
                              "alternately (--speed-repeats times), and print the ratios")
@@ -141,7 +141,6 @@ def measure(args: argparse.Namespace, work: Path, demo: dict, trees: dict[str, P
         spec = demo[arm]
         cfg_path = work / f"{arm}{suffix}.yaml"
         settings = dict(spec["config"]) if train_seed is None else {**spec["config"], "seed": train_seed}
-        settings = with_overrides(settings, args.overrides)
         cfg_path.write_text(yaml.safe_dump(settings))
         for side, tree in trees.items():
             run = work / "runs" / f"{arm}_{side}{suffix}"
@@ -149,7 +148,7 @@ def measure(args: argparse.Namespace, work: Path, demo: dict, trees: dict[str, P
                 print(f"training {arm} ({side}{suffix}) ... {_load()}", flush=True)
                 _thoraxseg(tree, ["train", "--model", arm, "--data", str(work / "train"), "--out", str(run),
                                   "--config", str(cfg_path), "--epochs", str(spec["epochs"]),
-                                  "--threads", str(args.threads)])
+                                  "--threads", str(args.threads), *(f"--set={o}" for o in args.overrides)])
             entry = results.setdefault(f"{arm}_{side}", {"train_images_per_s": train_speed(run)})
             config = yaml.safe_load((run / "config.yaml").read_text())
             entry["pixel"] = (f"{config['spacing_mm']} mm" if config.get("preprocessing") == "spacing"
@@ -187,21 +186,6 @@ def measure(args: argparse.Namespace, work: Path, demo: dict, trees: dict[str, P
             pb, pn = b["predict_s_per_volume_small"], n["predict_s_per_volume_small"]
             print(f"| {arm} | {tb:.1f} | {tn:.1f} | {tn / tb:.2f} | {pb:.2f} | {pn:.2f} | {pn / pb:.2f} |")
     return results
-
-
-def with_overrides(settings: dict, overrides: list[str]) -> dict:
-    """``settings`` with each ``a.b=value`` (YAML value) set, nested dictionaries created as needed."""
-    out = json.loads(json.dumps(settings))
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        *parents, leaf = key.split(".")
-        node = out
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
 
 
 #: The issue's invariance target: mean Dice per organ within this much of the training grid's.
