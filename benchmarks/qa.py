@@ -21,7 +21,11 @@ label) and the rotation error against the exact inverse, the number of changed l
 patients and on the clean cohort, the Dice statistics behind the gate thresholds, seconds per
 patient (QA only, the reference prediction excluded) and the load average.
 
-Run: ``PYTHONPATH=src .venv/bin/python benchmarks/qa.py [--cases 20] [--work DIR]`` (2 cores).
+``--size full`` judges the same patients on the SegTHOR grid (512 × 512, 2–3 mm slices) against the
+same reference (trained on small phantoms; its prediction resampled by the 2D arm's own mm pipeline).
+
+Run: ``PYTHONPATH=src .venv/bin/python benchmarks/qa.py [--cases 20] [--size small|full] [--work DIR]``
+(2 cores).
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ from rich.console import Console
 from rich.table import Table
 
 from thoraxseg.data.overlap import iou
-from thoraxseg.data.phantom import generate_case
 from thoraxseg.data.volume import load_label
 from thoraxseg.labels import Organ, label_name
 from thoraxseg.qa import synthetic
@@ -66,11 +69,11 @@ def reference_run(work: Path) -> Path:
     return train_shared_run(work / "ref")
 
 
-def course_cohort(out: Path, indices: list[int]) -> dict:
+def course_cohort(out: Path, indices: list[int], size: str) -> dict:
     """The same patients with every heart moved by the course corruption (no reference pair); cached."""
     if (out / "truth.json").is_file():
         return json.loads((out / "truth.json").read_text())
-    return synthetic.course_cohort(out, indices, seed=SEED)
+    return synthetic.course_cohort(out, indices, seed=SEED, size=size)
 
 
 def cached(path: Path, make) -> dict:
@@ -80,7 +83,8 @@ def cached(path: Path, make) -> dict:
 
 
 def judge(name: str, data: Path, truth: dict, pred: Path, work: Path, ct_refine: bool = True) -> dict:
-    """Run QA with ``--fix`` (the fit refined on the CT or not); compare with the truth."""
+    """Run QA with ``--fix`` (the fit refined on the CT or not); compare with the truth (the clean labels:
+    ``work/clean``)."""
     qa_dir, fix_dir = work / f"qa_{name}", work / f"fixed_{name}"
     t0 = time.perf_counter()
     result = run_qa(data, reference=pred, out=qa_dir, fix=fix_dir, overwrite=True, overlays=False,
@@ -91,9 +95,8 @@ def judge(name: str, data: Path, truth: dict, pred: Path, work: Path, ct_refine:
     gaps, rot_err, changed_clean, other_flags = [], [], 0, []
     for p in result["patients"]:
         pid = p["patient"]
-        index = next(t["index"] for t in truth["patients"] if t["patient"] == pid)
-        clean = generate_case(SEED, index, "small")
-        spacing = clean.image.spacing
+        clean = load_label(work / "clean" / "train" / pid / "GT.nii.gz")
+        spacing = clean.spacing
         for r in p["organs"]:
             key = (pid, r["organ"])
             found = r["verdict"] == "misplaced"
@@ -104,7 +107,7 @@ def judge(name: str, data: Path, truth: dict, pred: Path, work: Path, ct_refine:
                     code = int(Organ[r["organ"].upper()])
                     fixed = load_label(fix_dir / "train" / pid / "GT.nii.gz").array
                     t = moved[key]
-                    gaps.append(t["limit_iou"] - iou(fixed == code, clean.labels == code))
+                    gaps.append(t["limit_iou"] - iou(fixed == code, clean.array == code))
                     rot_err.append(relative_rotation_deg(np.asarray(r["matrix_voxel"]),
                                                          np.linalg.inv(np.asarray(t["matrix_voxel"])), spacing))
             else:
@@ -199,22 +202,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=20, help="patients per cohort (default 20)")
     parser.add_argument("--move-seed", type=int, default=1)
+    parser.add_argument("--size", choices=("small", "full"), default="small",
+                        help="phantom grid of the judged cohorts (the reference is trained on small phantoms either "
+                             "way; full: SegTHOR geometry, 512 × 512, 2–3 mm slices)")
     parser.add_argument("--realct", type=Path, default=ROOT.parent / "shared" / "data" / "realct" / "Patient_R1",
                         help="real CT folder for the biased-reference table (skipped where absent)")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the comparison runs without the CT refinement (--no-ct-refine)")
     parser.add_argument("--work", type=Path, default=Path("benchmarks/.qa-work"),
-                        help="cache folder: reference run, cohorts, predictions (default benchmarks/.qa-work)")
+                        help="cache folder: reference run (WORK/ref), cohorts and predictions (WORK/SIZE-CASES) "
+                             "(default benchmarks/.qa-work)")
     args = parser.parse_args()
     os.environ.setdefault("THORAXSEG_NO_PROGRESS", "1")
     torch.set_num_threads(2)
-    work = args.work
-    work.mkdir(parents=True, exist_ok=True)
     indices = list(range(FIRST, FIRST + args.cases))
-    run = reference_run(work)
-    moved_truth = cached(work / "moved", lambda: misplaced_cohort(work / "moved", indices, SEED, args.move_seed, 0.5))
-    clean_truth = cached(work / "clean", lambda: misplaced_cohort(work / "clean", indices, SEED, 0, 0.0))
-    course_truth = course_cohort(work / "course", indices)
+    args.work.mkdir(parents=True, exist_ok=True)
+    run = reference_run(args.work)
+    size = args.size
+    work = args.work / f"{size}-{args.cases}"  # cohorts and predictions per grid and patient count
+    moved_truth = cached(work / "moved", lambda: misplaced_cohort(work / "moved", indices, SEED, args.move_seed, 0.5,
+                                                                                 size=size))
+    clean_truth = cached(work / "clean", lambda: misplaced_cohort(work / "clean", indices, SEED, 0, 0.0, size=size))
+    course_truth = course_cohort(work / "course", indices, size)
     pred = work / "pred"
     t_pred = 0.0
     if not pred.is_dir():
@@ -230,7 +239,7 @@ def main() -> int:
                         for n in ("moved", "course")})
     load = os.getloadavg()
 
-    table = Table(title=f"thoraxseg qa on {args.cases} small phantoms (seed {SEED}, indices {indices[0]}–"
+    table = Table(title=f"thoraxseg qa on {args.cases} {size} phantoms (seed {SEED}, indices {indices[0]}–"
                         f"{indices[-1]}); reference = CustomNet trained on seed {SEED} indices 0–9")
     for c in ("cohort", "moved organs", "TP", "FP", "FN", "precision", "recall", "fixed", "IoU gap to limit",
               "rotation error °", "changed clean labels", "other flags", "s / patient"):
