@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -230,7 +231,10 @@ def main() -> int:
         from thoraxseg.inference import predict
 
         t0 = time.perf_counter()
-        predict(run, work / "clean", pred)
+        partial = work / "pred.partial"  # renamed when complete: an interrupted run leaves no half-filled cache
+        shutil.rmtree(partial, ignore_errors=True)
+        predict(run, work / "clean", partial)
+        partial.rename(pred)
         t_pred = time.perf_counter() - t0
     cohorts = {"moved": moved_truth, "clean": clean_truth, "course": course_truth}
     results = {n: judge(n, work / n, t, pred, work) for n, t in cohorts.items()}
