@@ -70,14 +70,8 @@ def reference_run(work: Path) -> Path:
     return train_shared_run(work / "ref")
 
 
-def course_cohort(out: Path, indices: list[int], size: str) -> dict:
-    """The same patients with every heart moved by the course corruption (no reference pair); cached."""
-    if (out / "truth.json").is_file():
-        return json.loads((out / "truth.json").read_text())
-    return synthetic.course_cohort(out, indices, seed=SEED, size=size)
-
-
 def cached(path: Path, make) -> dict:
+    """The truth of the cohort cached in ``path``, or ``make()`` (which writes it there)."""
     if (path / "truth.json").is_file():
         return json.loads((path / "truth.json").read_text())
     return make()
@@ -224,7 +218,9 @@ def main() -> int:
     moved_truth = cached(work / "moved", lambda: misplaced_cohort(work / "moved", indices, SEED, args.move_seed, 0.5,
                                                                                  size=size))
     clean_truth = cached(work / "clean", lambda: misplaced_cohort(work / "clean", indices, SEED, 0, 0.0, size=size))
-    course_truth = course_cohort(work / "course", indices, size)
+    # every heart moved by the course corruption (no reference pair)
+    course_truth = cached(work / "course", lambda: synthetic.course_cohort(work / "course", indices, seed=SEED,
+                                                                           size=size))
     pred = work / "pred"
     t_pred = 0.0
     if not pred.is_dir():

@@ -183,12 +183,9 @@ def _mean_motion_mm(pts: np.ndarray, a: np.ndarray, b: np.ndarray, spacing: np.n
     return float(np.mean(np.linalg.norm(d * spacing, axis=1)))
 
 
-def _refine_stage(mask: np.ndarray, smooth: np.ndarray, start: np.ndarray, sp: np.ndarray, band: float,
-                  cap: np.ndarray, occluder: np.ndarray | None, rng: np.random.Generator, rounds: int,
-                  ) -> tuple[np.ndarray, dict[str, Any], _Scorer | None, np.ndarray]:
-    """One stage of :func:`refine_on_image`: bands of half-width ``band`` (mm), trust region ``cap`` (radians,
-    mm) about ``start``. Returns the stage's correction (the start where no band point is usable), its facts, its
-    scorer (None then) and its inner band points."""
+def _usable_bands(mask: np.ndarray, sp: np.ndarray, band: float, occluder: np.ndarray | None,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`band_points` of half-width ``band`` (mm) without the points within ``band`` of an occluder."""
     inner, outer = band_points(mask, sp, band)
     if occluder is not None:
         # distances to the other organs, on the box of the band points widened by the reach of the test only
@@ -198,6 +195,17 @@ def _refine_stage(mask: np.ndarray, smooth: np.ndarray, start: np.ndarray, sp: n
         near = near_mask(occluder, (lo, hi), sp, band)
         if near is not None:
             inner, outer = (pts[~near[tuple((pts.astype(np.int64) - lo).T)]] for pts in (inner, outer))
+    return inner, outer
+
+
+def _refine_stage(mask: np.ndarray, smooth: np.ndarray, start: np.ndarray, sp: np.ndarray,
+                  bands: tuple[np.ndarray, np.ndarray], band: float, cap: np.ndarray, rng: np.random.Generator,
+                  rounds: int) -> tuple[np.ndarray, dict[str, Any], _Scorer | None, np.ndarray]:
+    """One stage of :func:`refine_on_image`: the usable band points ``bands`` (half-width ``band``, mm; a seeded
+    subsample of them is scored), trust region ``cap`` (radians, mm) about ``start``. Returns the stage's
+    correction (the start where no band point is usable), its facts, its scorer (None then) and its inner band
+    points."""
+    inner, outer = bands
     facts: dict[str, Any] = {"band_mm": round(band, 3), "rounds": 0, "evaluations": 0,
                              "rotation_deg": [0.0] * 3, "shift_mm": [0.0] * 3}
     if not inner.shape[0] or not outer.shape[0]:  # every surface point lies next to another organ
@@ -328,8 +336,8 @@ def refine_on_image(
         and ``shift_mm`` (the taken path's fine stage, against that stage's start, per axis, whether kept or
         not), ``coarse`` (None without a second path; else the coarse stage's ``band_mm``, ``rounds``,
         ``evaluations``, ``rotation_deg``, ``shift_mm``, the two ends' ``separation_direct`` and
-        ``separation_via``, and ``chosen``: the path via the coarse stage was taken), ``in_plane_only`` (the label spans fewer than 3 slices: tilts and the z shift were not
-        refined), ``seconds``.
+        ``separation_via``, and ``chosen``: the path via the coarse stage was taken), ``in_plane_only`` (the
+        label spans fewer than 3 slices: tilts and the z shift were not refined), ``seconds``.
     """
     t0 = time.perf_counter()
     mask = np.asarray(mask, dtype=bool)
@@ -351,13 +359,15 @@ def refine_on_image(
 
     info: dict[str, Any] = {"kept": False, "gain_z": None, "motion_vox": 0.0, "score_start": None, "score_end": None,
                             "coarse": None}
-    refined, fine, scorer, inner = _refine_stage(mask, smooth, start, sp, band, caps(max_rotation_deg), occ, rng,
-                                                 rounds)
+    fine_bands = _usable_bands(mask, sp, band, occ)  # the same points serve the fine stage of both paths
+    refined, fine, scorer, inner = _refine_stage(mask, smooth, start, sp, fine_bands, band, caps(max_rotation_deg),
+                                                 rng, rounds)
     if scorer is not None and coarse_band_mm is not None and float(coarse_band_mm) >= 2.0 * band:
-        via, coarse, _, _ = _refine_stage(mask, smooth, start, sp, float(coarse_band_mm),
-                                          caps(coarse_max_rotation_deg), occ, rng, rounds)
-        refined_c, fine_c, scorer_c, _ = _refine_stage(mask, smooth, via, sp, band, caps(max_rotation_deg), occ,
-                                                       rng, rounds)
+        wide = float(coarse_band_mm)
+        via, coarse, _, _ = _refine_stage(mask, smooth, start, sp, _usable_bands(mask, sp, wide, occ), wide,
+                                          caps(coarse_max_rotation_deg), rng, rounds)
+        refined_c, fine_c, scorer_c, _ = _refine_stage(mask, smooth, via, sp, fine_bands, band,
+                                                       caps(max_rotation_deg), rng, rounds)
         # Which end point puts the label's surface on the edges? Each stage's last model favours its own end, so
         # both are judged on the same band points with a model learned at each (the separation of the two bands'
         # HU distributions there).
