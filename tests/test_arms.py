@@ -58,7 +58,7 @@ def _predict(run: Path, images: Path, out: Path, postprocess: bool = True, devic
             low, high = windows[organ]
             labels[(ct.array >= low) & (ct.array <= high) & (labels == 0)] = organ
         if postprocess:
-            labels = keep_largest_component(labels)
+            labels = keep_largest_component(labels, spacing=ct.spacing)
         path = out / f"{case.patient_id}.nii.gz"
         save_label(labels, ct, path)
         written.append(path)

@@ -168,7 +168,7 @@ def predict_2d(
                                    dev, use_amp, on_batch=lambda k: progress.advance(slice_task, k),
                                    pixel_mm=vol.spacing[:2], spacing_mm=spacing_mm, multiple=multiple)
             if postprocess:
-                labels = keep_largest_component(labels)
+                labels = keep_largest_component(labels, spacing=vol.spacing)
             path = out_dir / f"{case.patient_id}.nii.gz"
             save_label(labels, vol, path)
             written.append(path)

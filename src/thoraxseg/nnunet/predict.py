@@ -168,7 +168,7 @@ def predict_nnunet(
             volume = load_image(case.image_path)
             labels = predict_array(predictor, volume)
             if postprocess:
-                labels = keep_largest_component(labels)
+                labels = keep_largest_component(labels, spacing=volume.spacing)
             path = out / f"{case.patient_id}.nii.gz"
             save_label(labels, volume, path)
             written.append(path)
