@@ -48,7 +48,7 @@ from thoraxseg.data.volume import load_label
 from thoraxseg.labels import Organ, label_name
 from thoraxseg.qa import synthetic
 from thoraxseg.qa.assess import Gate
-from thoraxseg.qa.run import run_qa
+from thoraxseg.qa.run import clean_reference, run_qa
 from thoraxseg.qa.synthetic import misplaced_cohort
 from thoraxseg.realign.geometry import relative_rotation_deg
 
@@ -221,7 +221,7 @@ def main() -> int:
     # every heart moved by the course corruption (no reference pair)
     course_truth = cached(work / "course", lambda: synthetic.course_cohort(work / "course", indices, seed=SEED,
                                                                            size=size))
-    pred = work / "pred"
+    pred = work / "pred_largest"  # cleaned as `qa --run` cleans its reference (run.clean_reference)
     t_pred = 0.0
     if not pred.is_dir():
         from thoraxseg.inference import predict
@@ -229,7 +229,8 @@ def main() -> int:
         t0 = time.perf_counter()
         partial = work / "pred.partial"  # renamed when complete: an interrupted run leaves no half-filled cache
         shutil.rmtree(partial, ignore_errors=True)
-        predict(run, work / "clean", partial)
+        predict(run, work / "clean", partial, postprocess=False)
+        clean_reference(partial, sorted(p.name.removesuffix(".nii.gz") for p in partial.glob("*.nii.gz")))
         partial.rename(pred)
         t_pred = time.perf_counter() - t0
     cohorts = {"moved": moved_truth, "clean": clean_truth, "course": course_truth}
