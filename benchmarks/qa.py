@@ -23,8 +23,10 @@ patient (QA only, the reference prediction excluded) and the load average.
 
 ``--size full`` judges the same patients on the SegTHOR grid (512 × 512, 2–3 mm slices) against the
 same reference (trained on small phantoms; its prediction resampled by the 2D arm's own mm pipeline).
+``--ref-size full`` trains the reference on the same 10 patients on the full grid instead (``WORK/ref-full``).
 
-Run: ``PYTHONPATH=src .venv/bin/python benchmarks/qa.py [--cases 20] [--size small|full] [--work DIR]``
+Run: ``PYTHONPATH=src .venv/bin/python benchmarks/qa.py [--cases 20] [--size small|full] [--ref-size small|full]
+[--cohorts moved clean course] [--work DIR]``
 (2 cores).
 """
 
@@ -59,15 +61,17 @@ FIRST = 20
 HEART = int(Organ.HEART)
 
 
-def reference_run(work: Path) -> Path:
-    """The shared test run (tests/trained_fixture.py), trained once into ``work/ref``."""
-    run = work / "ref" / "run"
+def reference_run(work: Path, size: str = "small") -> Path:
+    """The shared test run (tests/trained_fixture.py), trained once into ``work/ref`` (``work/ref-full``: the
+    same settings and patients on the full grid)."""
+    root = work / ("ref" if size == "small" else f"ref-{size}")
+    run = root / "run"
     if (run / "best.pt").is_file():
         return run
     sys.path.insert(0, str(ROOT / "tests"))
     from trained_fixture import train_shared_run
 
-    return train_shared_run(work / "ref")
+    return train_shared_run(root, size=size)
 
 
 def cached(path: Path, make) -> dict:
@@ -200,6 +204,11 @@ def main() -> int:
     parser.add_argument("--size", choices=("small", "full"), default="small",
                         help="phantom grid of the judged cohorts (the reference is trained on small phantoms either "
                              "way; full: SegTHOR geometry, 512 × 512, 2–3 mm slices)")
+    parser.add_argument("--ref-size", choices=("small", "full"), default="small",
+                        help="phantom grid of the reference run's 10 training patients (default small: the test "
+                             "suite's shared run)")
+    parser.add_argument("--cohorts", nargs="+", choices=("moved", "clean", "course"),
+                        default=["moved", "clean", "course"], help="cohorts to judge (default all three)")
     parser.add_argument("--realct", type=Path, default=ROOT.parent / "shared" / "data" / "realct" / "Patient_R1",
                         help="real CT folder for the biased-reference table (skipped where absent)")
     parser.add_argument("--no-baseline", action="store_true",
@@ -212,16 +221,21 @@ def main() -> int:
     torch.set_num_threads(2)
     indices = list(range(FIRST, FIRST + args.cases))
     args.work.mkdir(parents=True, exist_ok=True)
-    run = reference_run(args.work)
+    t0 = time.perf_counter()
+    run = reference_run(args.work, args.ref_size)
+    t_ref = time.perf_counter() - t0
     size = args.size
     work = args.work / f"{size}-{args.cases}"  # cohorts and predictions per grid and patient count
-    moved_truth = cached(work / "moved", lambda: misplaced_cohort(work / "moved", indices, SEED, args.move_seed, 0.5,
-                                                                                 size=size))
-    clean_truth = cached(work / "clean", lambda: misplaced_cohort(work / "clean", indices, SEED, 0, 0.0, size=size))
-    # every heart moved by the course corruption (no reference pair)
-    course_truth = cached(work / "course", lambda: synthetic.course_cohort(work / "course", indices, seed=SEED,
-                                                                           size=size))
-    pred = work / "pred_largest"  # cleaned as `qa --run` cleans its reference (run.clean_reference)
+    makers = {
+        "moved": lambda: misplaced_cohort(work / "moved", indices, SEED, args.move_seed, 0.5, size=size),
+        "clean": lambda: misplaced_cohort(work / "clean", indices, SEED, 0, 0.0, size=size),
+        # every heart moved by the course corruption (no reference pair)
+        "course": lambda: synthetic.course_cohort(work / "course", indices, seed=SEED, size=size),
+    }
+    # the clean cohort is always made: it is the truth and the images the reference predicts
+    truths = {n: cached(work / n, makers[n]) for n in makers if n == "clean" or n in args.cohorts}
+    # cleaned as `qa --run` cleans its reference (run.clean_reference)
+    pred = work / ("pred_largest" if args.ref_size == "small" else f"pred_largest-ref-{args.ref_size}")
     t_pred = 0.0
     if not pred.is_dir():
         from thoraxseg.inference import predict
@@ -233,15 +247,16 @@ def main() -> int:
         clean_reference(partial, sorted(p.name.removesuffix(".nii.gz") for p in partial.glob("*.nii.gz")))
         partial.rename(pred)
         t_pred = time.perf_counter() - t0
-    cohorts = {"moved": moved_truth, "clean": clean_truth, "course": course_truth}
+    cohorts = {n: truths[n] for n in makers if n in args.cohorts}
     results = {n: judge(n, work / n, t, pred, work) for n, t in cohorts.items()}
     if not args.no_baseline:  # the same cohorts fixed by the fit onto the reference alone (--no-ct-refine)
         results.update({f"{n}, no CT refinement": judge(n, work / n, cohorts[n], pred, work, ct_refine=False)
-                        for n in ("moved", "course")})
+                        for n in ("moved", "course") if n in cohorts})
     load = os.getloadavg()
 
     table = Table(title=f"thoraxseg qa on {args.cases} {size} phantoms (seed {SEED}, indices {indices[0]}–"
-                        f"{indices[-1]}); reference = CustomNet trained on seed {SEED} indices 0–9")
+                        f"{indices[-1]}); reference = CustomNet trained on {args.ref_size} phantoms of seed {SEED}, "
+                        f"indices 0–9")
     for c in ("cohort", "moved organs", "TP", "FP", "FN", "precision", "recall", "fixed", "IoU gap to limit",
               "rotation error °", "changed clean labels", "other flags", "s / patient"):
         table.add_column(c)
@@ -253,13 +268,16 @@ def main() -> int:
                       str(len(r["gaps"])), _fmt_range(r["gaps"]), _fmt_range(r["rot_err"], 2),
                       str(r["changed_clean"]), str(len(r["other_flags"])), f"{r['per_patient_s']:.2f}")
     console.print(table)
-    console.print(gate_stats(results["clean"], results["moved"], moved_truth))
+    if "clean" in results and "moved" in results:
+        console.print(gate_stats(results["clean"], results["moved"], truths["moved"]))
     for n, r in results.items():
         if r["other_flags"]:
             console.print(f"{n}: other flags on unmoved organs: " + "; ".join(r["other_flags"]))
     if (args.realct / "GT.nii.gz").is_file():
         for seed in (0, 1):
             console.print(realct_cases(args.realct, seed=seed))
+    if t_ref > 1:
+        console.print(f"reference run: {t_ref:.1f} s (trained or loaded; not counted above)")
     if t_pred:
         console.print(f"reference prediction: {t_pred:.1f} s for {args.cases} patients (not counted above)")
     console.print(f"torch threads {torch.get_num_threads()}, CPU cores {os.cpu_count()}, load average "

@@ -120,6 +120,31 @@ def test_fix_that_would_put_the_label_on_air_is_rejected(thorax) -> None:
     assert np.array_equal(fixed, clean)
 
 
+def test_a_reference_of_another_extent_is_not_a_misplacement(thorax) -> None:
+    ct, clean = thorax
+    # The reference kept only the cranial half of the esophagus, drawn 10 mm off (a model that misses
+    # slices): the clean label's best rigid fit slides it along that piece (and partly out of the grid),
+    # gaining Dice far beyond the thresholds (here 0.10 -> 0.65; the fit_dice is 0.45). The volumes differ
+    # ~1.9x (half the organ, by construction), more than max_volume_ratio: a rigid move keeps the volume.
+    m = clean == ESOPH
+    cut = int(np.searchsorted(np.cumsum(m.sum(axis=(0, 1))) / m.sum(), 0.5))
+    ref = clean.copy()
+    ref[:, :, :cut][ref[:, :, :cut] == ESOPH] = 0
+    ref, _ = _move(ref, ESOPH, 0.0, (10.0, 0.0, 0.0))
+    assert m.sum() / (ref == ESOPH).sum() > Gate().max_volume_ratio  # the premise
+    rows, fixed = assess_case(clean, ref, SPACING, ct, organs=[ESOPH])
+    (r,) = rows
+    assert r["verdict"] == "disagreement" and not r["fix_accepted"]
+    assert "label / reference volume" in r["note"]
+    assert np.array_equal(fixed, clean)
+    # the volume gate is what decides: opened wide, the same fit is called misplaced and the label moved
+    rows, fixed = assess_case(clean, ref, SPACING, ct, organs=[ESOPH], gate=Gate(max_volume_ratio=10.0))
+    (wide,) = rows
+    assert wide["verdict"] == "misplaced" and wide["fix_accepted"]
+    assert wide["dice_fit_reference"] == r["dice_fit_reference"] >= Gate().fit_dice[ESOPH] + Gate().min_gain
+    assert not np.array_equal(fixed, clean)
+
+
 def test_small_reference_speck_counts_as_absent(thorax) -> None:
     ct, clean = thorax
     ref = np.where(clean == AORTA, 0, clean).astype(np.uint8)

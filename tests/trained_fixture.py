@@ -38,9 +38,13 @@ def best_val_dice(run: Path) -> float:
         return max(float(row["val_dice_mean"]) for row in csv.DictReader(f))
 
 
-def train_shared_run(root: Path) -> Path:
-    """Generate the training cohort under ``root`` and train the shared CustomNet run; returns the run folder."""
-    data = generate_cohort(root / "cohort", TRAIN_CASES, size="small", seed=PHANTOM_SEED)
+def train_shared_run(root: Path, size: str = "small") -> Path:
+    """Generate the training cohort under ``root`` and train the shared CustomNet run; returns the run folder.
+
+    ``size`` is the phantom grid of the training cohort (the tests use ``small``; ``benchmarks/qa.py
+    --ref-size full`` trains the same patients on the SegTHOR-like grid).
+    """
+    data = generate_cohort(root / "cohort", TRAIN_CASES, size=size, seed=PHANTOM_SEED)
     threads = torch.get_num_threads()
     try:
         epochs = EPOCHS
