@@ -50,7 +50,7 @@ from thoraxseg.data.volume import load_label
 from thoraxseg.labels import Organ, label_name
 from thoraxseg.qa import synthetic
 from thoraxseg.qa.assess import Gate
-from thoraxseg.qa.run import clean_reference, run_qa
+from thoraxseg.qa.run import REFERENCE_POSTPROCESS, run_qa
 from thoraxseg.qa.synthetic import misplaced_cohort
 from thoraxseg.realign.geometry import relative_rotation_deg
 
@@ -234,7 +234,7 @@ def main() -> int:
     }
     # the clean cohort is always made: it is the truth and the images the reference predicts
     truths = {n: cached(work / n, makers[n]) for n in makers if n == "clean" or n in args.cohorts}
-    # cleaned as `qa --run` cleans its reference (run.clean_reference)
+    # cleaned as `qa --run` cleans its reference (run.REFERENCE_POSTPROCESS)
     pred = work / ("pred_largest" if args.ref_size == "small" else f"pred_largest-ref-{args.ref_size}")
     t_pred = 0.0
     if not pred.is_dir():
@@ -243,8 +243,7 @@ def main() -> int:
         t0 = time.perf_counter()
         partial = work / "pred.partial"  # renamed when complete: an interrupted run leaves no half-filled cache
         shutil.rmtree(partial, ignore_errors=True)
-        predict(run, work / "clean", partial, postprocess=False)
-        clean_reference(partial, sorted(p.name.removesuffix(".nii.gz") for p in partial.glob("*.nii.gz")))
+        predict(run, work / "clean", partial, postprocess=REFERENCE_POSTPROCESS)
         partial.rename(pred)
         t_pred = time.perf_counter() - t0
     cohorts = {n: truths[n] for n in makers if n in args.cohorts}

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from thoraxseg.data.postprocess import SLICE_GAP_MM, keep_largest_component
+from thoraxseg.data.postprocess import SLICE_GAP_MM, clean_up, keep_largest_component
 
 AORTA = 4
 
@@ -92,3 +92,17 @@ def test_properties(lab: np.ndarray, slice_mm: float, gap: float) -> None:
             assert (out == organ).sum() >= cc3d.largest_k(mask, k=1).astype(bool).sum()
     again = keep_largest_component(out, spacing=(0.8, 0.8, slice_mm), slice_gap_mm=gap)
     assert (again == out).all()                        # idempotent
+
+
+def test_clean_up_modes_are_the_stacked_the_plain_largest_and_none() -> None:
+    lab = np.zeros((12, 12, 12), np.uint8)
+    lab[2:6, 2:6, 0:4] = 1        # esophagus, 64 voxels
+    lab[2:6, 2:6, 6:8] = 1        # below two missed slices (4 mm on 2 mm slices): the same organ
+    lab[10, 10, 10] = 1           # a stray voxel apart
+    spacing = (1.0, 1.0, 2.0)
+    counts = {m: int((clean_up(lab, m, spacing) == 1).sum()) for m in (True, "largest", False)}
+    assert counts == {True: 96, "largest": 64, False: 97}
+    np.testing.assert_array_equal(clean_up(lab, True, spacing), keep_largest_component(lab, spacing=spacing))
+    np.testing.assert_array_equal(clean_up(lab, "largest", spacing), keep_largest_component(lab))
+    with pytest.raises(ValueError, match="postprocess must be"):
+        clean_up(lab, "stacked", spacing)  # type: ignore[arg-type]

@@ -216,6 +216,7 @@ def test_cross_validation_predicts_each_patient_with_the_run_that_did_not_see_it
     data, _, _ = _dataset(tmp_path, thorax, {f"Patient_0{i}": None for i in range(1, 6)})
     trained: dict[str, list[str]] = {}
     predicted_by: dict[str, str] = {}
+    modes: set[object] = set()
 
     def fake_train(model, train_data, out, **kw):  # records which patients the fold run saw
         out.mkdir(parents=True)
@@ -226,6 +227,7 @@ def test_cross_validation_predicts_each_patient_with_the_run_that_did_not_see_it
         from thoraxseg.data.layout import discover_cases
         from thoraxseg.data.volume import load_image, save_label
 
+        modes.add(kw["postprocess"])
         Path(out).mkdir(parents=True, exist_ok=True)
         for c in discover_cases(images):
             predicted_by[c.patient_id] = str(run_dir)
@@ -237,6 +239,7 @@ def test_cross_validation_predicts_each_patient_with_the_run_that_did_not_see_it
     folds = result["reference"]["folds"]
     assert len(folds) == 2 and len(trained) == 2
     assert sorted(predicted_by) == [f"Patient_0{i}" for i in range(1, 6)]
+    assert modes == {"largest"}  # the reference keeps each organ's largest component alone
     for pid, run_dir in predicted_by.items():
         assert pid not in trained[run_dir]  # never predicted by a run that trained on it
         assert len(trained[run_dir]) >= 2

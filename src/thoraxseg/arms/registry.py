@@ -6,10 +6,13 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from thoraxseg.errors import ConfigError
 from thoraxseg.utils.settings import choice
+
+if TYPE_CHECKING:
+    from thoraxseg.data.postprocess import Postprocess
 
 #: A callable, or ``"package.module:function"`` imported on first use.
 Impl = Callable[..., Any] | str
@@ -63,7 +66,8 @@ class Arm:
         resume) into the run folder ``out``, which must then hold ``config.yaml`` with ``model: <name>``.
     predict_impl
         ``(run, images, out, postprocess=True, device="cpu", **options) -> list[Path]``: write
-        ``out/Patient_XX.nii.gz`` (uint8, source geometry) for every case under ``images``.
+        ``out/Patient_XX.nii.gz`` (uint8, source geometry) for every case under ``images``, cleaned by
+        :func:`~thoraxseg.data.postprocess.clean_up` with ``postprocess``.
     files_impl
         ``(run, cfg) -> dict[str, Path]``: the files (bundle-relative name → path) prediction reads.
     facts_impl
@@ -105,7 +109,7 @@ class Arm:
         return Path(_load(self.train_impl)(self.name, Path(data), Path(out), config=config, epochs=epochs,
                                            device=device, **settings))
 
-    def predict(self, run: Path, images: Path, out: Path, postprocess: bool = True, device: str = "cpu",
+    def predict(self, run: Path, images: Path, out: Path, postprocess: Postprocess = True, device: str = "cpu",
                 **options: Any) -> list[Path]:
         """Predict every case of ``images``; options this arm does not take are refused (one line)."""
         given = {k: v for k, v in options.items() if v is not None}

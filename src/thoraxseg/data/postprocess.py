@@ -9,6 +9,9 @@ along the slice axis (axis 2 of an ``(x, y, z)`` array) with at most ``slice_gap
 nearest slices (or one missed slice), and overlapping in-plane footprints, count as one piece of the
 organ; the largest such group (by voxel count) is kept. Without ``spacing``, the plain largest component.
 
+:func:`clean_up` is what ``predict`` applies, by mode (:data:`Postprocess`): ``True`` (the default,
+stacked pieces as above), ``"largest"`` (the largest component alone; ``qa``'s reference) or ``False``.
+
 Examples
 --------
 >>> import numpy as np
@@ -25,6 +28,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import cc3d
 import numpy as np
@@ -37,6 +41,46 @@ from thoraxseg.labels import ORGANS
 #: (`benchmarks/postprocess.py`): on 2–3 mm slices 25–40 mm also kept pieces of the bronchi stacked
 #: below the trachea and of the vessels above the heart (trachea HD95 6.3 → 12.8 mm), 10 mm did not.
 SLICE_GAP_MM = 10.0
+
+#: How ``predict`` cleans its labels (:func:`clean_up`): ``True`` keeps each organ's pieces stacked
+#: along the slice axis (:func:`keep_largest_component` with the grid's spacing), ``"largest"`` the
+#: largest 26-connected component alone, ``False`` nothing.
+Postprocess = bool | Literal["largest"]
+
+
+def clean_up(labels: np.ndarray, mode: Postprocess, spacing: Sequence[float]) -> np.ndarray:
+    """Apply ``predict``'s clean-up ``mode`` (:data:`Postprocess`) to a label volume ``(x, y, z)``.
+
+    Parameters
+    ----------
+    labels
+        Integer label volume, values 0..4; axis 2 is the slice axis.
+    mode
+        ``True`` (stacked pieces), ``"largest"`` (largest component alone) or ``False`` (unchanged).
+    spacing
+        The grid's voxel size (mm) per axis.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``labels`` itself for ``False``, else a cleaned copy.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lab = np.zeros((6, 6, 8), np.uint8)
+    >>> lab[1:3, 1:3, 0:3] = 2
+    >>> lab[1:3, 1:3, 4:6] = 2    # the same organ below one missed slice
+    >>> [int((clean_up(lab, m, (1.0, 1.0, 3.0)) == 2).sum()) for m in (True, "largest", False)]
+    [20, 12, 20]
+    """
+    if mode is False:
+        return labels
+    if mode is True:
+        return keep_largest_component(labels, spacing=spacing)
+    if mode == "largest":
+        return keep_largest_component(labels)
+    raise ValueError(f"postprocess must be True, False or 'largest', got {mode!r}")
 
 
 def keep_largest_component(

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from thoraxseg.data.dicom import DicomSeries, read_ct_series
+from thoraxseg.data.postprocess import Postprocess
 from thoraxseg.data.volume import (
     Volume,
     is_nifti,
@@ -236,7 +237,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
 
 
-def predict_labels(model: LoadedModel, volume: Volume, device: str = "cpu", postprocess: bool = True,
+def predict_labels(model: LoadedModel, volume: Volume, device: str = "cpu", postprocess: Postprocess = True,
                    **options: Any) -> np.ndarray:
     """Labels (uint8, ``volume``'s grid) from :func:`thoraxseg.inference.predict` on a temporary NIfTI of ``volume``."""
     with tempfile.TemporaryDirectory(prefix="thoraxseg-segment-") as tmp:
@@ -257,7 +258,7 @@ def segment(
     formats: str | Sequence[str] | None = None,
     series_uid: str | None = None,
     device: str = "cpu",
-    postprocess: bool = True,
+    postprocess: Postprocess = True,
     overwrite: bool = False,
     **predict_options: Any,
 ) -> list[CaseResult]:
@@ -280,7 +281,8 @@ def segment(
     device
         ``cpu``, ``cuda`` or ``cuda:N``.
     postprocess
-        Keep the largest connected component per organ (the predictors' default).
+        The predictors' clean-up (:func:`thoraxseg.data.postprocess.clean_up`; default: each organ's
+        largest piece, pieces stacked across missed slices counted as one).
     overwrite
         Replace existing output folders.
     **predict_options
@@ -316,7 +318,7 @@ def segment(
 
 
 def _run(cases: list[CaseInput], targets: list[Path], model: str | Path, series_uid: str | None,
-         wanted: list[str] | None, device: str, postprocess: bool, overwrite: bool,
+         wanted: list[str] | None, device: str, postprocess: Postprocess, overwrite: bool,
          predict_options: dict[str, Any]) -> list[CaseResult]:
     t_model = time.perf_counter()
     with open_model(model) as loaded:
@@ -337,7 +339,7 @@ def _run(cases: list[CaseInput], targets: list[Path], model: str | Path, series_
 
 
 def _segment_case(lc: LoadedCase, model: LoadedModel, target: Path, wanted: list[str] | None, device: str,
-                  postprocess: bool, overwrite: bool, model_seconds: float, counter: str,
+                  postprocess: Postprocess, overwrite: bool, model_seconds: float, counter: str,
                   predict_options: dict[str, Any]) -> CaseResult:
     from thoraxseg import __version__
     from thoraxseg.export.dicomseg import write_dicom_seg

@@ -7,10 +7,11 @@ from typing import Any
 
 from thoraxseg.arms import arm_names, get_arm
 from thoraxseg.arms.runs import load_run_config, run_model_name
+from thoraxseg.data.postprocess import Postprocess
 from thoraxseg.errors import InputError
 
 
-def predict(run: Path, images: Path, out: Path, postprocess: bool = True, device: str = "cpu",
+def predict(run: Path, images: Path, out: Path, postprocess: Postprocess = True, device: str = "cpu",
             **kw: Any) -> list[Path]:
     """Predict every case under ``images`` with a trained run; writes ``out/Patient_XX.nii.gz``.
 
@@ -18,7 +19,9 @@ def predict(run: Path, images: Path, out: Path, postprocess: bool = True, device
     → :func:`thoraxseg.inference.predict2d.predict_2d` (options ``batch_size``, ``checkpoint``,
     ``amp``); ``nnunet3d`` → ``thoraxseg.nnunet.api.predict_nnunet`` (``tta`` (default True),
     ``step`` (default 0.5), ``checkpoint``, ``folds``). ``None`` options are ignored; an option the
-    arm does not take is refused (one line).
+    arm does not take is refused (one line). ``postprocess`` is the clean-up mode of
+    :func:`thoraxseg.data.postprocess.clean_up`: ``True`` (each organ's largest piece, pieces stacked
+    across missed slices counted as one), ``"largest"`` (largest connected component alone), ``False``.
 
     Returns
     -------

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from thoraxseg.data.layout import discover_cases
-from thoraxseg.data.postprocess import keep_largest_component
+from thoraxseg.data.postprocess import Postprocess, clean_up
 from thoraxseg.data.volume import load_image, save_label
 from thoraxseg.errors import InputError
 from thoraxseg.networks import SIZE_MULTIPLE, build_model
@@ -115,7 +115,7 @@ def predict_2d(
     run: str | Path,
     images: str | Path,
     out: str | Path,
-    postprocess: bool = True,
+    postprocess: Postprocess = True,
     device: str = "cpu",
     batch_size: int = 32,
     checkpoint: str = "best",
@@ -132,7 +132,9 @@ def predict_2d(
     out
         Output folder (created).
     postprocess
-        Keep only the largest 3D connected component of each organ.
+        The clean-up (:func:`~thoraxseg.data.postprocess.clean_up`): ``True`` keeps each organ's largest
+        piece, pieces stacked across missed slices counted as one; ``"largest"`` its largest 3D
+        connected component alone; ``False`` none.
     batch_size
         Slices per forward pass.
     checkpoint
@@ -167,8 +169,7 @@ def predict_2d(
             labels = predict_array(model, vol.array, int(cfg["image_size"]), cfg["windows"], batch_size,
                                    dev, use_amp, on_batch=lambda k: progress.advance(slice_task, k),
                                    pixel_mm=vol.spacing[:2], spacing_mm=spacing_mm, multiple=multiple)
-            if postprocess:
-                labels = keep_largest_component(labels, spacing=vol.spacing)
+            labels = clean_up(labels, postprocess, vol.spacing)
             path = out_dir / f"{case.patient_id}.nii.gz"
             save_label(labels, vol, path)
             written.append(path)

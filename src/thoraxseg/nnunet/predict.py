@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from thoraxseg.data.layout import discover_cases
+from thoraxseg.data.postprocess import Postprocess, clean_up
 from thoraxseg.data.volume import Volume, load_image, save_label
 from thoraxseg.errors import ConfigError, InputError
 from thoraxseg.nnunet.env import default_processes, nnunet_environment
@@ -118,7 +119,7 @@ def predict_nnunet(
     out: str | Path,
     tta: bool = True,
     step: float = 0.5,
-    postprocess: bool = True,
+    postprocess: Postprocess = True,
     device: str = "cpu",
     folds: Sequence[int | str] | None = None,
     checkpoint: str | None = None,
@@ -139,8 +140,9 @@ def predict_nnunet(
     step
         Sliding-window step as a fraction of the patch (nnU-Net's ``tile_step_size``; 0.5 = half overlap).
     postprocess
-        Keep only the largest connected component of each organ
-        (:func:`thoraxseg.data.postprocess.keep_largest_component`).
+        The clean-up (:func:`thoraxseg.data.postprocess.clean_up`): ``True`` keeps each organ's largest
+        piece, pieces stacked across missed slices counted as one; ``"largest"`` its largest connected
+        component alone; ``False`` none.
     device
         ``"cpu"`` or ``"cuda"``.
     folds
@@ -153,8 +155,6 @@ def predict_nnunet(
     list of Path
         Written files, in case order.
     """
-    from thoraxseg.data.postprocess import keep_largest_component
-
     run = Path(run)
     read_run_config(run)
     cases = discover_cases(images)
@@ -167,8 +167,7 @@ def predict_nnunet(
         for case in track(cases, f"nnU-Net: predicting ({len(predictor.thoraxseg_folds)} fold(s))"):
             volume = load_image(case.image_path)
             labels = predict_array(predictor, volume)
-            if postprocess:
-                labels = keep_largest_component(labels, spacing=volume.spacing)
+            labels = clean_up(labels, postprocess, volume.spacing)
             path = out / f"{case.patient_id}.nii.gz"
             save_label(labels, volume, path)
             written.append(path)

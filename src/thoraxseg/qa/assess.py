@@ -302,7 +302,7 @@ def _fit(row: dict[str, Any], c: int, labels: np.ndarray, reference: np.ndarray,
     before = float(row["dice"] or 0.0)
     row["dice_fit_reference"] = _finite(d_fit)
     misplaced = d_fit >= g.fit_dice[c] and d_fit - before >= g.min_gain and move_mm >= g.min_move_mm
-    ratio = float(row["volume_ratio"])
+    ratio = float(lm.sum()) / float(rm.sum())  # unrounded (the row holds 4 decimals)
     sizes_differ = misplaced and not 1.0 / g.max_volume_ratio <= ratio <= g.max_volume_ratio
     misplaced = misplaced and not sizes_differ
     if misplaced and g.ct_refine:

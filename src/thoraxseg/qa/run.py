@@ -3,7 +3,7 @@
 The reference of each patient is one of
 
 * a trained run's prediction (:func:`thoraxseg.inference.predict`, any arm), each organ's largest connected
-  component alone (:func:`clean_reference`);
+  component alone (:data:`REFERENCE_POSTPROCESS`);
 * a folder of existing predictions (``Patient_XX.nii.gz``, e.g. ``thoraxseg predict`` output);
 * K-fold cross-validation on the dataset itself: K quick 2D runs
   (:func:`thoraxseg.training.train`), each patient predicted by the run that did not see it (cleaned the same way).
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from thoraxseg.data.layout import Case, find_case_image, labelled_cases
-from thoraxseg.data.postprocess import keep_largest_component
+from thoraxseg.data.postprocess import Postprocess
 from thoraxseg.data.volume import load_image, load_label, same_geometry, save_label
 from thoraxseg.errors import InputError
 from thoraxseg.labels import ORGANS, label_name
@@ -50,6 +50,12 @@ CSV_COLUMNS: tuple[str, ...] = (
     "air_fraction", "dice_fit_reference", "dice_after", "iou_after", "hd95_after_mm", "air_after", "fit_rotation_deg",
     "fit_inplane_deg", "fit_move_mm", "ct_refined", "note", "seconds",
 )
+#: The clean-up of the reference predictions qa makes (:func:`thoraxseg.data.postprocess.clean_up`): each
+#: organ's largest connected component alone, not ``predict``'s default stacked pieces. With those, on the
+#: SegTHOR grid, the rigid fits of clean hearts onto the reference moved by up to 23 mm (cause not
+#: established) and detection recall fell from 6/7 to 5/7 (`benchmarks/qa.py --size full`, 20 patients).
+REFERENCE_POSTPROCESS: Postprocess = "largest"
+
 #: Quick 2D settings of the cross-validation runs (those of the test suite's shared phantom run).
 CV_SETTINGS: dict[str, Any] = {"image_size": 128, "batch_size": 8, "width": 8,
                                "optim": {"lr": 0.01, "schedule": "poly"}, "loss": {"ce_balanced": True}}
@@ -121,27 +127,11 @@ def cross_validated_reference(
         kw: dict[str, Any] = {"threads": threads} if threads is not None else {}
         run = train_fn(model, train_data, fold_dir / "run", config=dict(settings or CV_SETTINGS), epochs=epochs,
                        device=device, **kw)
-        predict_fn(Path(run), images, pred_out, postprocess=False, device=device)
-        clean_reference(pred_out, held)
+        predict_fn(Path(run), images, pred_out, postprocess=REFERENCE_POSTPROCESS, device=device)
         shutil.rmtree(train_data)
         shutil.rmtree(images)
         info.append({"fold": i, "run": str(Path(run)), "train": seen, "predicted": list(held)})
     return info
-
-
-def clean_reference(folder: Path, patient_ids: Sequence[str]) -> None:
-    """Keep each organ's largest connected component alone in the reference predictions qa made.
-
-    Not the stacked-pieces clean-up of ``thoraxseg predict``
-    (:func:`~thoraxseg.data.postprocess.keep_largest_component` with a spacing): with it, on the SegTHOR grid,
-    the rigid fits of clean hearts onto the reference moved by up to 23 mm (cause not established) and the
-    detection recall fell from 6/7 to 5/7 (`benchmarks/qa.py --size full`, 20 patients). Files rewritten in
-    place (atomically).
-    """
-    for pid in patient_ids:
-        path = find_case_image(folder, pid)
-        ref = load_label(path)
-        save_label(keep_largest_component(ref.array), ref, path)
 
 
 def _validate(data: Path, run: Path | None, reference: Path | None, cross_validate: int | None, out: Path,
@@ -263,8 +253,7 @@ def run_qa(
 
             ref_dir = tmp / "reference"
             images = _subset(cases, tmp / ".images", with_labels=False)
-            predict(run_p, images, ref_dir, postprocess=False, device=device)
-            clean_reference(ref_dir, [c.patient_id for c in cases])
+            predict(run_p, images, ref_dir, postprocess=REFERENCE_POSTPROCESS, device=device)
             shutil.rmtree(images)
             ref_info = {"kind": "run", "run": str(run_p)}
         else:
