@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import cc3d
@@ -127,3 +128,25 @@ def test_flat_image_folder_is_accepted(tmp_path: Path) -> None:
     written = predict(run, tmp_path / "imgs", tmp_path / "pred", postprocess=False)
     assert [p.name for p in written] == ["Patient_09.nii.gz"]
     assert load_label(written[0]).spacing == (1.5, 1.5, 2.5)
+
+
+def test_a_failed_prediction_leaves_the_output_folder_as_it_was(tmp_path: Path) -> None:
+    data = make_toy_cohort(tmp_path / "data", cases=3, shape=(40, 40, 6))
+    cases = discover_cases(data)
+    run = make_run(tmp_path / "run", "enet", width=4, image_size=32)
+    cases[-1].image_path.write_bytes(cases[-1].image_path.read_bytes()[:200])  # the last CT truncated
+    with pytest.raises(InputError, match=cases[-1].patient_id):
+        predict(run, data, tmp_path / "new" / "pred")
+    assert not (tmp_path / "new").exists()  # not even its parent is created
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / f"{cases[0].patient_id}.nii.gz").write_bytes(b"an earlier prediction")
+    with pytest.raises(InputError, match=cases[-1].patient_id):
+        predict(run, data, old)
+    assert [p.name for p in old.iterdir()] == [f"{cases[0].patient_id}.nii.gz"]  # untouched: no temp folder left
+    assert (old / f"{cases[0].patient_id}.nii.gz").read_bytes() == b"an earlier prediction"
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    shutil.rmtree(cases[-1].image_path.parent)  # now every case reads: the earlier file is replaced, the others added
+    written = predict(run, data, old)
+    assert sorted(p.name for p in old.iterdir()) == sorted(p.name for p in written) and len(written) == 2
+    assert load_label(old / f"{cases[0].patient_id}.nii.gz").shape == (40, 40, 6)

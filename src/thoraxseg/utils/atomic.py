@@ -110,6 +110,33 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def staged_files(folder: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder; on success move the files written there into ``folder``.
+
+    For commands that add files to a folder the user may already fill (``predict --out``): on
+    success ``folder`` (created with its parents if missing) gets every file, same-named files
+    replaced, others kept; on error nothing is moved, ``folder`` is neither created nor changed,
+    and the temporary folder is removed. The temporary folder lies in ``folder``'s nearest existing
+    ancestor (the same file system, so every move is a rename).
+    """
+    final = Path(folder)
+    base = final.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=base))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        final.mkdir(parents=True, exist_ok=True)
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, final / f.name)
+        tmp.rmdir()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
 def removed_on_failure(path: str | Path, keep: Callable[[Path], bool] = lambda _p: False) -> Iterator[Path]:
     """Remove the folder ``path`` again if the block fails and this call created it.
 
