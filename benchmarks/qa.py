@@ -2,7 +2,8 @@
 
 Reference: a CustomNet trained on 10 small phantoms of seed 7 (indices 0–9), exactly the test
 suite's shared run (``tests/trained_fixture.py``), trained once and cached in ``WORK/ref``.
-Judged patients: small phantoms of seed 7 with indices 20, 21, … (patients the run never saw).
+Judged patients: small phantoms of seed 7 with indices 20, 21, … (patients the run never saw; ``--first``
+sets the first index, ``--move-seed`` the moved cohort's draw).
 Three cohorts of the same patients (so one prediction per patient serves all three):
 
 * ``moved`` — each patient gets its own random rigid move of the heart or the aorta (in-plane
@@ -25,7 +26,7 @@ patient (QA only, the reference prediction excluded) and the load average.
 same reference (trained on small phantoms; its prediction resampled by the 2D arm's own mm pipeline).
 ``--ref-size full`` trains the reference on the same 10 patients on the full grid instead (``WORK/ref-full``).
 
-Run: ``PYTHONPATH=src .venv/bin/python benchmarks/qa.py [--cases 20] [--size small|full] [--ref-size small|full]
+Run: ``PYTHONPATH=src .venv/bin/python benchmarks/qa.py [--cases 20] [--first 20] [--move-seed 1] [--size small|full] [--ref-size small|full]
 [--cohorts moved clean course] [--work DIR]``
 (2 cores).
 """
@@ -200,7 +201,9 @@ def realct_cases(folder: Path, n: int = 6, seed: int = 0) -> Table:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=20, help="patients per cohort (default 20)")
-    parser.add_argument("--move-seed", type=int, default=1)
+    parser.add_argument("--first", type=int, default=FIRST,
+                        help=f"index of the first judged phantom (default {FIRST}; the reference saw 0–9)")
+    parser.add_argument("--move-seed", type=int, default=1, help="seed of the moved cohort's random moves")
     parser.add_argument("--size", choices=("small", "full"), default="small",
                         help="phantom grid of the judged cohorts (the reference is trained on small phantoms either "
                              "way; full: SegTHOR geometry, 512 × 512, 2–3 mm slices)")
@@ -219,21 +222,25 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("THORAXSEG_NO_PROGRESS", "1")
     torch.set_num_threads(2)
-    indices = list(range(FIRST, FIRST + args.cases))
+    if args.first < 10:
+        parser.error(f"--first {args.first}: the reference run trained on indices 0–9; judge others")
+    indices = list(range(args.first, args.first + args.cases))
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     run = reference_run(args.work, args.ref_size)
     t_ref = time.perf_counter() - t0
     size = args.size
-    work = args.work / f"{size}-{args.cases}"  # cohorts and predictions per grid and patient count
+    # cohorts and predictions per grid and patients; the moved cohort per move seed
+    work = args.work / f"{size}-{indices[0]}-{args.cases}"
+    folders = {"moved": work / f"moved-seed{args.move_seed}", "clean": work / "clean", "course": work / "course"}
     makers = {
-        "moved": lambda: misplaced_cohort(work / "moved", indices, SEED, args.move_seed, 0.5, size=size),
-        "clean": lambda: misplaced_cohort(work / "clean", indices, SEED, 0, 0.0, size=size),
+        "moved": lambda: misplaced_cohort(folders["moved"], indices, SEED, args.move_seed, 0.5, size=size),
+        "clean": lambda: misplaced_cohort(folders["clean"], indices, SEED, 0, 0.0, size=size),
         # every heart moved by the course corruption (no reference pair)
-        "course": lambda: synthetic.course_cohort(work / "course", indices, seed=SEED, size=size),
+        "course": lambda: synthetic.course_cohort(folders["course"], indices, seed=SEED, size=size),
     }
     # the clean cohort is always made: it is the truth and the images the reference predicts
-    truths = {n: cached(work / n, makers[n]) for n in makers if n == "clean" or n in args.cohorts}
+    truths = {n: cached(folders[n], makers[n]) for n in makers if n == "clean" or n in args.cohorts}
     # cleaned as `qa --run` cleans its reference (run.REFERENCE_POSTPROCESS)
     pred = work / ("pred_largest" if args.ref_size == "small" else f"pred_largest-ref-{args.ref_size}")
     t_pred = 0.0
@@ -247,9 +254,9 @@ def main() -> int:
         partial.rename(pred)
         t_pred = time.perf_counter() - t0
     cohorts = {n: truths[n] for n in makers if n in args.cohorts}
-    results = {n: judge(n, work / n, t, pred, work) for n, t in cohorts.items()}
+    results = {n: judge(n, folders[n], t, pred, work) for n, t in cohorts.items()}
     if not args.no_baseline:  # the same cohorts fixed by the fit onto the reference alone (--no-ct-refine)
-        results.update({f"{n}, no CT refinement": judge(n, work / n, cohorts[n], pred, work, ct_refine=False)
+        results.update({f"{n}, no CT refinement": judge(n, folders[n], cohorts[n], pred, work, ct_refine=False)
                         for n in ("moved", "course") if n in cohorts})
     load = os.getloadavg()
 
