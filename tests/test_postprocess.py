@@ -106,3 +106,13 @@ def test_clean_up_modes_are_the_stacked_the_plain_largest_and_none() -> None:
     np.testing.assert_array_equal(clean_up(lab, "largest", spacing), keep_largest_component(lab))
     with pytest.raises(ValueError, match="postprocess must be"):
         clean_up(lab, "stacked", spacing)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("spacing", [None, (1.0, 1.0, 1.0)])
+def test_degenerate_grids_where_cc3d_cannot_size_its_labels(spacing: tuple[float, ...] | None) -> None:
+    # cc3d fails on a bool 1 x 1 x 3 array with two voxels apart ("maximum length exception"; found by
+    # test_properties); the clean-up hands it uint8
+    lab = np.array([[[1, 0, 1]]], np.uint8)
+    out = keep_largest_component(lab, spacing=spacing, slice_gap_mm=0.0 if spacing else SLICE_GAP_MM)
+    assert int((out == 1).sum()) == 1
+    assert np.array_equal(keep_largest_component(lab.transpose(2, 1, 0)), out.transpose(2, 1, 0))

@@ -119,10 +119,6 @@ def keep_largest_component(
         mask = labels == organ
         if not mask.any():
             continue
-        if reach == 0:
-            largest = cc3d.largest_k(mask, k=1, connectivity=connectivity)
-            out[mask & (largest == 0)] = 0
-            continue
         # in the organ's bounding box, extended along z by the reach (beyond it is background), every
         # slice's mask is carried `reach` slices on: pieces `reach + 1` or fewer slices apart then touch
         box = tuple(np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3))
@@ -132,7 +128,8 @@ def keep_largest_component(
         grown = sub.copy()
         for k in range(1, min(reach, sub.shape[2] - 1) + 1):
             grown[:, :, k:] |= sub[:, :, :-k]
-        groups = cc3d.connected_components(grown, connectivity=connectivity)
+        # as uint8: on a bool array cc3d fails on some degenerate shapes (1 x 1 x 3, two voxels apart)
+        groups = cc3d.connected_components(grown.view(np.uint8), connectivity=connectivity)
         counts = np.bincount(groups[sub])
         counts[0] = 0
         view = out[sl]

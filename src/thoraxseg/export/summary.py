@@ -36,7 +36,7 @@ def body_mask(ct: np.ndarray) -> np.ndarray:
     above = ct > BODY_HU
     if not above.any():
         return above
-    comps = cc3d.connected_components(above, connectivity=26)
+    comps = cc3d.connected_components(above.view(np.uint8), connectivity=26)  # uint8: see data.postprocess
     sizes = np.bincount(comps.ravel())
     sizes[0] = 0
     body = comps == int(np.argmax(sizes))
@@ -71,7 +71,7 @@ def summarize(labels: np.ndarray, ct: Volume, training_volumes_ml: dict[str, lis
             entry.update(mean_hu=None, std_hu=None, components=0, outside_body_fraction=None)
         else:
             values = hu[mask].astype(np.float64)
-            _, components = cc3d.connected_components(mask, connectivity=26, return_N=True)
+            _, components = cc3d.connected_components(mask.view(np.uint8), connectivity=26, return_N=True)
             outside = float(np.mean(~body[mask]))
             entry.update(mean_hu=round(float(values.mean()), 1), std_hu=round(float(values.std()), 1),
                          components=int(components), outside_body_fraction=round(outside, 4))
