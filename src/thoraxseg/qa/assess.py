@@ -198,7 +198,7 @@ def assess_case(
         One dict per organ: ``organ``, ``verdict``, ``fix_accepted``, ``dice``/``iou``/``hd95_mm``
         (label vs reference), ``centroid_offset_mm``, ``volume_ratio`` (label / reference),
         ``air_fraction``, ``dice_fit_reference`` (Dice of the fit onto the reference: what the
-        verdict uses), the correction as applied (``dice_after``, ``iou_after``, ``hd95_after_mm``,
+        verdict uses), the correction judged — applied only where ``fix_accepted`` — (``dice_after``, ``iou_after``, ``hd95_after_mm``,
         ``air_after``, ``fit_rotation_deg``, ``fit_inplane_deg``, ``fit_move_mm``,
         ``matrix_voxel`` — output voxel → input voxel, apply to the label), ``ct_refined`` (the CT
         refinement was kept) and ``ct_refine`` (its facts), ``note``, ``seconds``.
@@ -294,8 +294,11 @@ def _fit(row: dict[str, Any], c: int, labels: np.ndarray, reference: np.ndarray,
     """Register the label of organ ``c`` onto the reference, judge the fit, and for a misplaced organ refine it
     on the CT; fill the fit fields and the verdict of ``row``.
 
-    The verdict uses the fit onto the reference (``dice_fit_reference``); the fields ``dice_after`` …
-    ``matrix_voxel`` describe the correction that is applied (the refined one where it was kept).
+    The verdict uses the fit onto the reference (``dice_fit_reference``) and, for a misplaced organ, its
+    refinement on the CT. The fields ``dice_after`` … ``matrix_voxel`` describe the correction judged: the
+    refined one where the refinement was kept (``ct_refined``), else the fit onto the reference. It is
+    applied only where ``fix_accepted``; where the CT contradicts the fit (a ``disagreement``), the fields
+    describe the fit that was rejected and ``ct_refine["dice_reference"]`` the refined label's Dice.
     """
     occluder = (labels != 0) & ~lm
     matrix, _ = estimate_matrix(lm, rm, sp, seed=seed, occluder=occluder)
@@ -306,9 +309,9 @@ def _fit(row: dict[str, Any], c: int, labels: np.ndarray, reference: np.ndarray,
     misplaced = d_fit >= g.fit_dice[c] and d_fit - before >= g.min_gain and move_mm >= g.min_move_mm
     ratio = float(lm.sum()) / float(rm.sum())  # unrounded (the row holds 4 decimals)
     sizes_differ = misplaced and not 1.0 / g.max_volume_ratio <= ratio <= g.max_volume_ratio
-    misplaced = misplaced and not sizes_differ
-    contradicted = ""
-    if misplaced and g.ct_refine:
+    # one decision: "misplaced", "contradicted" (the CT refutes the fit) or "" (not misplaced)
+    decision = "misplaced" if misplaced and not sizes_differ else ""
+    if decision and g.ct_refine:
         refined, info = refine_on_image(lm, ct, matrix, sp, seed=seed, occluder=occluder)
         row["ct_refine"] = info
         row["ct_refined"] = False
@@ -323,16 +326,14 @@ def _fit(row: dict[str, Any], c: int, labels: np.ndarray, reference: np.ndarray,
                 row["ct_refined"] = True
                 matrix, moved, after, move_mm = refined, moved_r, after_r, _mean_move_mm(lm, refined, sp)
             else:
-                contradicted = (f"not fixed: the fit onto the reference (Dice {before:.3f} → {d_fit:.3f}), refined on "
-                                f"the CT, ends at Dice {d_r:.3f}: the CT does not confirm the move")
-                misplaced = False
+                decision = "contradicted"
     angle, _, inplane = rotation_parameters(matrix, sp)
     air_after = label_air_fraction(ct, moved, c) if (moved == c).any() else float("nan")
     row.update(dice_after=_finite(after["dice"]), iou_after=_finite(after["iou"]),
                hd95_after_mm=_finite(after["hd95"]), air_after=_finite(air_after),
                fit_rotation_deg=round(angle, 3), fit_inplane_deg=round(inplane, 3), fit_move_mm=round(move_mm, 3),
                matrix_voxel=np.round(matrix, 9).tolist())
-    if misplaced:
+    if decision == "misplaced":
         row["verdict"] = "misplaced"
         air_before = row["air_fraction"] or 0.0
         if np.isfinite(air_after) and air_after <= air_before + g.air_tolerance:
@@ -340,9 +341,11 @@ def _fit(row: dict[str, Any], c: int, labels: np.ndarray, reference: np.ndarray,
         else:
             row["note"] = (f"fix rejected: on-air fraction would rise from {air_before:.3f} to "
                            f"{air_after:.3f}")
-    elif contradicted:
+    elif decision == "contradicted":
         row["verdict"] = "disagreement"
-        row["note"] = contradicted
+        row["note"] = (f"not fixed: the fit onto the reference (Dice {before:.3f} → {d_fit:.3f}), refined on the "
+                       f"CT, ends at Dice {row['ct_refine']['dice_reference'] or 0.0:.3f}: the CT does not confirm "
+                       "the move")
     elif before >= g.consistent_dice[c]:
         row["verdict"] = "consistent"
     else:

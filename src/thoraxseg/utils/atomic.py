@@ -86,6 +86,18 @@ def json_default(obj: Any) -> Any:
 
 
 @contextlib.contextmanager
+def _temp_dir(name: str, parent: Path) -> Iterator[Path]:
+    """A hidden temporary folder ``parent/.NAME.*.tmp`` with the usual permissions, removed when the block
+    ends (on error too) unless the block renamed it away."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder; on success rename it to ``path``.
 
@@ -97,16 +109,11 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final}: already exists")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
+    with _temp_dir(final.name, final.parent) as tmp:
         yield tmp
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 @contextlib.contextmanager
@@ -123,17 +130,11 @@ def staged_files(folder: str | Path) -> Iterator[Path]:
     base = final.parent
     while not base.exists() and base != base.parent:
         base = base.parent
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=base))
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
+    with _temp_dir(final.name, base) as tmp:
         yield tmp
         final.mkdir(parents=True, exist_ok=True)
         for f in sorted(tmp.iterdir()):
             os.replace(f, final / f.name)
-        tmp.rmdir()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 @contextlib.contextmanager
