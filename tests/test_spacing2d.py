@@ -195,13 +195,16 @@ def test_a_model_predicts_the_same_on_another_grid_and_field_of_view(phantom_2d_
     mean = {v: {o: float(np.mean([d[o] for d in rows])) for o in ("heart", "aorta")} for v, rows in dice.items()}
     # the shared run is competent on its own grid, so agreement on the others is not vacuous
     assert mean["small"]["heart"] > 0.75 and mean["small"]["aorta"] > 0.5, mean
-    # Bounds, from what this 10-epoch run measured on these 2 patients (heart Δ ≤ 0.012 on every grid;
-    # aorta Δ −0.038 on the 4× finer grid with its thinner slices, −0.087 on the 200 mm crop — which
-    # keeps the whole aorta; the model adds false positives around it — 0.001 padded) plus room for another CPU's rounding of a short
-    # run. Before the fixed pixel size the heart's Dice on the crop was 0.00 (square resize), and
-    # 0.24 without the field-of-view augmentation.
+    # Bounds, from what this 10-epoch run (augment.fov_prob 0.6, the default) measured on these 2 patients:
+    # heart Δ ≤ 0.016 on every grid; aorta Δ −0.012 on the 4× finer grid with its thinner slices, −0.029 on
+    # the 200 mm crop (which keeps the whole aorta; the model adds false positives around it), −0.001 padded
+    # (at fov_prob 0.3 the crop's aorta was −0.087). Another CPU trains another trajectory: over four training
+    # seeds (benchmarks/spacing2d.py, README) CustomNet's crop aorta Δ spanned −0.053…+0.033 and its finer-grid
+    # aorta −0.014…+0.041, hence the room; with ONEDNN_MAX_CPU_ISA=AVX2 (other kernels, another trajectory)
+    # this run measured heart Δ ≤ 0.007, aorta −0.009 / −0.028 / −0.001. Before the fixed pixel size the heart's Dice on the crop was 0.00
+    # (square resize), and 0.24 without the field-of-view augmentation.
     bounds = {"heart": {"full": 0.05, "crop200": 0.05, "pad650": 0.05},
-              "aorta": {"full": 0.08, "crop200": 0.15, "pad650": 0.05}}
+              "aorta": {"full": 0.08, "crop200": 0.10, "pad650": 0.05}}
     for organ, per_variant in bounds.items():
         for variant, bound in per_variant.items():
             assert abs(mean[variant][organ] - mean["small"][organ]) <= bound, (variant, organ, mean)
