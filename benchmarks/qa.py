@@ -161,8 +161,7 @@ def realct_cases(folder: Path, n: int = 6, seed: int = 0) -> Table:
     and the rotation error of the fix, by the fit onto the reference alone and refined on the CT.
     """
     from thoraxseg.data.volume import load_image
-    from thoraxseg.qa import assess
-    from thoraxseg.qa.assess import assess_case
+    from thoraxseg.qa.assess import assess_case, verdict_text
     from thoraxseg.realign.estimate import APPLY_MODE
     from thoraxseg.realign.geometry import centroid, move_label_cropped, rigid_voxel_matrix
 
@@ -192,7 +191,7 @@ def realct_cases(folder: Path, n: int = 6, seed: int = 0) -> Table:
                                           gate=Gate(ct_refine=refine))
                 cells.append((best - iou(fixed == code, clean == code),
                               relative_rotation_deg(np.asarray(rows[0]["matrix_voxel"]), truth, sp),
-                              time.perf_counter() - t0, assess.verdict_text(rows[0])))
+                              time.perf_counter() - t0, verdict_text(rows[0])))
             table.add_row(label_name(code), f"{angle:+.1f}, {tilt[0]:+.1f}/{tilt[1]:+.1f}, "
                           + "/".join(f"{v:+.1f}" for v in shift), f"{cells[0][0]:.3f}", f"{cells[1][0]:.3f}",
                           f"{cells[0][1]:.2f}", f"{cells[1][1]:.2f}", cells[1][3], f"{cells[1][2]:.1f}")

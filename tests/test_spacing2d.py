@@ -201,8 +201,8 @@ def test_a_model_predicts_the_same_on_another_grid_and_field_of_view(phantom_2d_
     # (at fov_prob 0.3 the crop's aorta was −0.087). Another CPU trains another trajectory: over four training
     # seeds (benchmarks/spacing2d.py, README) CustomNet's crop aorta Δ spanned −0.053…+0.033 and its finer-grid
     # aorta −0.014…+0.041, hence the room; with ONEDNN_MAX_CPU_ISA=AVX2 (other kernels, another trajectory)
-    # this run measured heart Δ ≤ 0.007, aorta −0.009 / −0.028 / −0.001. Before the fixed pixel size the heart's Dice on the crop was 0.00
-    # (square resize), and 0.24 without the field-of-view augmentation.
+    # this run measured heart Δ ≤ 0.007, aorta −0.009 / −0.028 / −0.001. Before the fixed pixel size the
+    # heart's Dice on the crop was 0.00 (square resize), and 0.24 without the field-of-view augmentation.
     bounds = {"heart": {"full": 0.05, "crop200": 0.05, "pad650": 0.05},
               "aorta": {"full": 0.08, "crop200": 0.10, "pad650": 0.05}}
     for organ, per_variant in bounds.items():
