@@ -120,6 +120,24 @@ def test_fix_that_would_put_the_label_on_air_is_rejected(thorax) -> None:
     assert np.array_equal(fixed, clean)
 
 
+def test_fix_that_would_push_the_label_out_of_the_grid_is_rejected(thorax) -> None:
+    _, clean = thorax
+    # The reference's heart sits 60 mm higher, its upper part cut off by the grid's last slice (a model
+    # that misplaces the organ along z). The fit follows it: 15 % of the label's voxels would leave the
+    # grid. A CT of uniform soft tissue keeps the on-air gate and the CT refinement out of the decision.
+    ref, _ = _move(clean, HEART, 0.0, (0.0, 0.0, 60.0))
+    assert (ref == HEART).sum() < 0.9 * (clean == HEART).sum()
+    soft = np.full(SHAPE, 40, dtype=np.int16)
+    rows, fixed = assess_case(clean, ref, SPACING, soft)
+    r = _by_organ(rows)["heart"]
+    assert r["verdict"] == "misplaced" and not r["fix_accepted"] and "would lose" in r["note"]
+    assert np.array_equal(fixed, clean)
+    # the same with the gate opened: the fix goes through and the label is cut (the gate decides)
+    rows, fixed = assess_case(clean, ref, SPACING, soft, gate=Gate(max_lost_fraction=1.0))
+    assert _by_organ(rows)["heart"]["fix_accepted"]
+    assert (fixed == HEART).sum() < (1 - Gate().max_lost_fraction) * (clean == HEART).sum()
+
+
 def test_a_reference_of_another_extent_is_not_a_misplacement(thorax) -> None:
     ct, clean = thorax
     # The reference kept only the cranial half of the esophagus, drawn 10 mm off (a model that misses
@@ -137,8 +155,12 @@ def test_a_reference_of_another_extent_is_not_a_misplacement(thorax) -> None:
     assert r["verdict"] == "disagreement" and not r["fix_accepted"]
     assert "label / reference volume" in r["note"]
     assert np.array_equal(fixed, clean)
-    # the volume gate is what decides: opened wide, the same fit is called misplaced and the label moved
-    rows, fixed = assess_case(clean, ref, SPACING, ct, organs=[ESOPH], gate=Gate(max_volume_ratio=10.0))
+    # opened wide, the same fit is called misplaced; the fix is then refused by the lost-voxel gate (the
+    # slide pushes part of the label out of the grid), and with that gate opened too the label is moved
+    rows, _ = assess_case(clean, ref, SPACING, ct, organs=[ESOPH], gate=Gate(max_volume_ratio=10.0))
+    assert rows[0]["verdict"] == "misplaced" and not rows[0]["fix_accepted"] and "would lose" in rows[0]["note"]
+    rows, fixed = assess_case(clean, ref, SPACING, ct, organs=[ESOPH],
+                              gate=Gate(max_volume_ratio=10.0, max_lost_fraction=1.0))
     (wide,) = rows
     assert wide["verdict"] == "misplaced" and wide["fix_accepted"]
     assert wide["dice_fit_reference"] == r["dice_fit_reference"] >= Gate().fit_dice[ESOPH] + Gate().min_gain
@@ -159,13 +181,19 @@ def test_a_move_the_ct_contradicts_is_flagged_not_fixed(thorax) -> None:
     assert "the CT does not confirm the move" in r["note"]
     assert r["ct_refine"]["kept"] and r["ct_refine"]["dice_reference"] <= r["dice"]
     assert np.array_equal(fixed, clean)
-    # without the refinement the same fit is called misplaced and applied: the CT is what decides
-    rows, fixed = assess_case(clean, ref, SPACING, ct, organs=[AORTA], gate=Gate(ct_refine=False))
+    # without the refinement the same fit is called misplaced; the lost-voxel gate refuses it too (it would put
+    # 17 % of the aorta under other organs), and with that gate opened it is applied: the CT is what decides
+    rows, _ = assess_case(clean, ref, SPACING, ct, organs=[AORTA], gate=Gate(ct_refine=False))
+    assert rows[0]["verdict"] == "misplaced" and "under other organs" in rows[0]["note"]
+    rows, fixed = assess_case(clean, ref, SPACING, ct, organs=[AORTA], gate=Gate(ct_refine=False, max_lost_fraction=1))
     assert rows[0]["verdict"] == "misplaced" and rows[0]["fix_accepted"] and not np.array_equal(fixed, clean)
-    # the same move of the label itself, against a right reference, is confirmed by the CT and fixed
+    # the same move of the label itself, against a right reference, is confirmed by the CT and fixed. On this
+    # coarse phantom (8 mm slices; the aorta runs through the grid's last slice) the refinement also slides the
+    # tube ~16 mm along its axis, which would cut 14 % of it off: the fit onto the reference is applied instead
     moved, _ = _move(clean, AORTA, 0.0, (10.0, 0.0, 0.0))
     (r,) = assess_case(moved, clean, SPACING, ct, organs=[AORTA])[0]
-    assert r["verdict"] == "misplaced" and r["fix_accepted"] and r["ct_refined"]
+    assert r["verdict"] == "misplaced" and r["fix_accepted"]
+    assert r["ct_refined"] or "would lose" in r["ct_refine"]["dropped"]
     assert r["dice_after"] >= r["dice"] + Gate().min_gain
 
 
@@ -363,9 +391,12 @@ def test_study_config_realign_qa(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- slow: a trained reference
 
 
-def _assert_fixed_within_limit(result: dict, data: Path, fix: Path, truth: dict, bound: float) -> int:
-    """Every moved organ is found and fixed within ``bound`` IoU of the exact inverse; returns how many."""
+def _assert_fixed_within_limit(result: dict, data: Path, fix: Path, truth: dict, bound: float,
+                               max_rotation_deg: float = 180.0) -> int:
+    """Every moved organ is found and fixed within ``bound`` IoU of the exact inverse and within
+    ``max_rotation_deg`` of its rotation; returns how many."""
     from thoraxseg.data.phantom import generate_case
+    from thoraxseg.realign.geometry import relative_rotation_deg
 
     n = 0
     for t in truth["patients"]:
@@ -374,9 +405,13 @@ def _assert_fixed_within_limit(result: dict, data: Path, fix: Path, truth: dict,
         p = next(p for p in result["patients"] if p["patient"] == t["patient"])
         assert p["fixed"] == [t["organ"]], (t["patient"], p["organs"])
         code = int(Organ[t["organ"].upper()])
-        clean = generate_case(7, t["index"], "small").labels == code
-        fixed = load_label(fix / "train" / t["patient"] / "GT.nii.gz").array == code
-        assert iou(fixed, clean) >= t["limit_iou"] - bound, t["patient"]
+        clean = generate_case(truth["seed"], t["index"], truth["size"]).labels == code
+        fixed = load_label(fix / "train" / t["patient"] / "GT.nii.gz")
+        assert iou(fixed.array == code, clean) >= t["limit_iou"] - bound, t["patient"]
+        row = next(r for r in p["organs"] if r["organ"] == t["organ"])
+        rotation = relative_rotation_deg(np.asarray(row["matrix_voxel"]), np.linalg.inv(np.asarray(t["matrix_voxel"])),
+                                         fixed.spacing)
+        assert rotation < max_rotation_deg, (t["patient"], rotation)
         n += 1
     return n
 
@@ -391,8 +426,9 @@ def test_qa_with_a_phantom_trained_run_finds_and_fixes_per_patient_moves(tmp_pat
     result = run_qa(tmp_path / "data", run=phantom_2d_run, out=tmp_path / "qa", fix=tmp_path / "fixed")
     # The fit onto the reference (a 2D model, heart Dice ~0.9, aorta ~0.75) inherits the model's error: alone it
     # left IoU gaps to the nearest-neighbour limit of 0.02-0.41 (benchmarks/qa.py, 7 moved organs of 20 patients;
-    # 0.12 on Patient_23 here). Refined on the CT: 0.01-0.09 there, 0.01-0.11 on these patients. 0.20 holds
-    # that with margin for a reference trained on another CPU; the moved labels start 0.37-0.88 below the limit.
+    # 0.12 on Patient_23 here). Refined on the CT: 0.01-0.09 there, 0.01-0.11 on these patients (0.01-0.13 there
+    # with the fixture at fov_prob 0.6 and the registration's guard). 0.20 holds that with margin for a reference
+    # trained on another CPU; the moved labels start 0.37-0.88 below the limit.
     assert _assert_fixed_within_limit(result, tmp_path / "data", tmp_path / "fixed", truth, 0.20) == len(moved)
     for t in truth["patients"]:
         if t["organ"] is None:  # clean patients: no fix, byte-identical label in the copy
@@ -411,8 +447,40 @@ def test_qa_fixes_the_course_corruption_without_the_reference_pair(tmp_path: Pat
     result = run_qa(tmp_path / "data", run=phantom_2d_run, out=tmp_path / "qa", fix=tmp_path / "fixed")
     # benchmarks/qa.py measured IoU gaps to the nearest-neighbour limit of -0.003-0.15 on 20 course-corrupted
     # hearts by the fit onto the reference alone (0.153 on Patient_27 here), 0.004-0.071 refined on the CT
-    # (0.05 and 0.02 here); the moved hearts start ~0.9 IoU below the limit. 0.12: margin for another CPU.
+    # (0.05 and 0.02 here; -0.000-0.054 with the fixture at fov_prob 0.6 and the registration's guard); the moved
+    # hearts start ~0.9 IoU below the limit. 0.12: margin for another CPU.
     assert _assert_fixed_within_limit(result, tmp_path / "data", tmp_path / "fixed", truth, 0.12) == 2
+
+
+@pytest.mark.slow
+def test_qa_meets_the_correction_targets_on_the_segthor_grid(tmp_path: Path, phantom_2d_run) -> None:
+    # The issue's targets, judged on the SegTHOR-like grid (512 x 512, ~1 mm in-plane, 2-3 mm slices): every
+    # fixed label within 0.03 IoU of the exact inverse (course hearts 0.02), rotation error < 0.5 degrees,
+    # nothing changed on a clean patient. The reference is the shared small-grid run predicting this grid.
+    # Measured with it (the fixture trained here, 2 threads): gaps 0.003 (heart) and 0.004 (aorta), rotation
+    # errors 0.19 and 0.03 degrees, the course heart 0.000 and 0.04 degrees; benchmarks/qa.py's 27 organs of this
+    # grid 0.000-0.020 and at most 0.37 degrees. The targets themselves are the bounds: the CT refinement, not
+    # the reference, sets the result. The fixture retrained under ONEDNN_MAX_CPU_ISA=AVX2 (another trajectory,
+    # the same validation Dice) gave 0.003 and 0.005, 0.16 and 0.04 degrees (course 0.000, 0.00), once the guard
+    # of the registration (realign.estimate, step 5) kept its heart fit from ending at 68 degrees. Small
+    # phantoms' 8-12 mm slices cannot resolve 0.5 degrees out of plane (README, qa section): judged here.
+    truth = synthetic.misplaced_cohort(tmp_path / "data", (20, 21, 22), seed=7, move_seed=9, size="full")
+    assert [t["organ"] for t in truth["patients"]] == [None, "heart", "aorta"]  # move_seed 9 draws both organs
+    result = run_qa(tmp_path / "data", run=phantom_2d_run, out=tmp_path / "qa", fix=tmp_path / "fixed",
+                    overlays=False)
+    assert _assert_fixed_within_limit(result, tmp_path / "data", tmp_path / "fixed", truth, 0.03, 0.5) == 2
+    assert result["patients"][0]["fixed"] == []
+    rel = Path("train") / "Patient_21" / "GT.nii.gz"
+    assert (tmp_path / "fixed" / rel).read_bytes() == (tmp_path / "data" / rel).read_bytes()
+    # every organ the moves left alone is called consistent (no false alarm)
+    moved = {(t["patient"], t["organ"]) for t in truth["patients"]}
+    assert all(r["verdict"] == "consistent" for p in result["patients"] for r in p["organs"]
+               if (p["patient"], r["organ"]) not in moved)
+
+    course = synthetic.course_cohort(tmp_path / "course", (23,), seed=7, size="full")
+    result = run_qa(tmp_path / "course", run=phantom_2d_run, out=tmp_path / "qa_course", fix=tmp_path / "fixed_course",
+                    overlays=False)
+    assert _assert_fixed_within_limit(result, tmp_path / "course", tmp_path / "fixed_course", course, 0.02, 0.5) == 1
 
 
 @pytest.mark.slow
