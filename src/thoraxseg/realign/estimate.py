@@ -102,6 +102,11 @@ _POLISH_MAX_EVALS = 400
 # depend on the BLAS/LAPACK kernel and thread count (SVD, QR in scipy's trust-region solver); the
 # polish minimises a piecewise-constant count, so a difference of 1e-12 there could send it to another
 # point of a flat optimum. 1e-6 rad moves a surface 100 mm from the centre by 0.1 µm.
+#: The guard after the polish: the sweep's start is polished too where the result's coarse IoU fell this far
+#: below the start's. A reference pair's heart (realign) ends within 0.004 of it, either way; a heart fitted onto a
+#: model's prediction fell 0.011 at most on the small phantom grid, and 0.38 where the least squares left the
+#: sweep's basin (a 33-degree move fitted at 68 degrees).
+_GUARD_DROP = 0.05
 _QUANTUM = np.r_[np.full(3, 1e-6), np.full(3, 1e-5)]
 
 
@@ -449,11 +454,11 @@ def _estimate_sweep(moved: np.ndarray, clean: np.ndarray, spacing: np.ndarray, s
     t = time.perf_counter()
     x, polish, used = _polish_overlap(fit, clean, moved, x)
     # The least squares can leave the sweep's basin (a reference organ cut or with a spur: 33 degrees in-plane
-    # became 68 degrees, mostly tilt, coarse IoU 0.72 -> 0.35). Where the result overlaps worse than the sweep's
-    # start, the start is polished too and the better of the two is kept.
+    # became 68 degrees, mostly tilt, coarse IoU 0.72 -> 0.35). Where the result overlaps clearly worse than the
+    # sweep's start, the start is polished too and the better of the two is kept.
     final_iou = coarse_iou(fit.matrix_of(x))
     dropped = False
-    if final_iou < best_score:
+    if final_iou < best_score - _GUARD_DROP:
         x_alt, polish_alt, used_alt = _polish_overlap(fit, clean, moved, x_start)
         if coarse_iou(fit.matrix_of(x_alt)) > final_iou:
             x, polish, used, x_distance, dropped = x_alt, polish_alt, used_alt, x_start, True
