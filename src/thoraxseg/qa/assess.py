@@ -344,6 +344,8 @@ def _fit(row: dict[str, Any], c: int, labels: np.ndarray, reference: np.ndarray,
     sizes_differ = misplaced and not 1.0 / g.max_volume_ratio <= ratio <= g.max_volume_ratio
     # one decision: "misplaced", "contradicted" (the CT refutes the fit) or "" (not misplaced)
     decision = "misplaced" if misplaced and not sizes_differ else ""
+    # voxels lost by the correction judged (the fit onto the reference; the refined fit where that is kept)
+    lost = _lost_fraction(moved, lm, c) if decision else 0.0
     if decision and g.ct_refine:
         refined, info = refine_on_image(lm, ct, matrix, sp, seed=seed, occluder=occluder)
         row["ct_refine"] = info
@@ -358,13 +360,14 @@ def _fit(row: dict[str, Any], c: int, labels: np.ndarray, reference: np.ndarray,
             lost_r = _lost_fraction(moved_r, lm, c)
             if not (d_r >= g.fit_dice[c] and d_r > before):
                 decision = "contradicted"
-            elif lost_r > g.max_lost_fraction >= _lost_fraction(moved, lm, c):
+            elif lost_r > g.max_lost_fraction >= lost:
                 # the refinement slid the label over the grid's edge or onto other organs where the fit did not
                 # (a tube crossing the first or last slice, slid along its axis): the fit is applied instead
                 info["dropped"] = f"the refined label would lose {lost_r:.1%} of its voxels"
             else:
                 row["ct_refined"] = True
-                matrix, moved, after, move_mm = refined, moved_r, after_r, _mean_move_mm(lm, refined, sp)
+                matrix, moved, after, lost = refined, moved_r, after_r, lost_r
+                move_mm = _mean_move_mm(lm, refined, sp)
     angle, _, inplane = rotation_parameters(matrix, sp)
     air_after = label_air_fraction(ct, moved, c) if (moved == c).any() else float("nan")
     row.update(dice_after=_finite(after["dice"]), iou_after=_finite(after["iou"]),
@@ -374,7 +377,6 @@ def _fit(row: dict[str, Any], c: int, labels: np.ndarray, reference: np.ndarray,
     if decision == "misplaced":
         row["verdict"] = "misplaced"
         air_before = row["air_fraction"] or 0.0
-        lost = _lost_fraction(moved, lm, c)
         if lost > g.max_lost_fraction:
             _, clash = move_label_cropped(labels, c, matrix, APPLY_MODE)
             row["note"] = (f"fix rejected: the moved label would lose {lost:.1%} of its voxels (at most "

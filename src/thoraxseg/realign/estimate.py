@@ -98,15 +98,15 @@ _POLISH_BAND_VOX = 1.0  # the overlap polish uses band points within this many (
 _POLISH_PULL = 5.0  # tie-breaking pull towards the least-squares estimate (counts per unit²)
 _POLISH_XTOL = 0.02  # Powell tolerance, in units of ~1 voxel of surface motion
 _POLISH_MAX_EVALS = 400
-# The least-squares estimate is rounded to this grid (radians, mm) before the polish. Its last digits
-# depend on the BLAS/LAPACK kernel and thread count (SVD, QR in scipy's trust-region solver); the
-# polish minimises a piecewise-constant count, so a difference of 1e-12 there could send it to another
-# point of a flat optimum. 1e-6 rad moves a surface 100 mm from the centre by 0.1 µm.
 #: The guard after the polish: the sweep's start is polished too where the result's coarse IoU fell this far
 #: below the start's. A reference pair's heart (realign) ends within 0.004 of it, either way; a heart fitted onto a
 #: model's prediction fell 0.011 at most on the small phantom grid, and 0.38 where the least squares left the
 #: sweep's basin (a 33-degree move fitted at 68 degrees).
 _GUARD_DROP = 0.05
+# The least-squares estimate is rounded to this grid (radians, mm) before the polish. Its last digits
+# depend on the BLAS/LAPACK kernel and thread count (SVD, QR in scipy's trust-region solver); the
+# polish minimises a piecewise-constant count, so a difference of 1e-12 there could send it to another
+# point of a flat optimum. 1e-6 rad moves a surface 100 mm from the centre by 0.1 µm.
 _QUANTUM = np.r_[np.full(3, 1e-6), np.full(3, 1e-5)]
 
 
@@ -456,12 +456,13 @@ def _estimate_sweep(moved: np.ndarray, clean: np.ndarray, spacing: np.ndarray, s
     # The least squares can leave the sweep's basin (a reference organ cut or with a spur: 33 degrees in-plane
     # became 68 degrees, mostly tilt, coarse IoU 0.72 -> 0.35). Where the result overlaps clearly worse than the
     # sweep's start, the start is polished too and the better of the two is kept.
-    final_iou = coarse_iou(fit.matrix_of(x))
+    refined_iou = end_iou = coarse_iou(fit.matrix_of(x))
     dropped = False
-    if final_iou < best_score - _GUARD_DROP:
+    if refined_iou < best_score - _GUARD_DROP:
         x_alt, polish_alt, used_alt = _polish_overlap(fit, clean, moved, x_start)
-        if coarse_iou(fit.matrix_of(x_alt)) > final_iou:
-            x, polish, used, x_distance, dropped = x_alt, polish_alt, used_alt, x_start, True
+        alt_iou = coarse_iou(fit.matrix_of(x_alt))
+        if alt_iou > refined_iou:
+            x, polish, used, x_distance, end_iou, dropped = x_alt, polish_alt, used_alt, x_start, alt_iou, True
     timings["polish_s"] = time.perf_counter() - t
 
     matrix = fit.matrix_of(x)
@@ -474,8 +475,8 @@ def _estimate_sweep(moved: np.ndarray, clean: np.ndarray, spacing: np.ndarray, s
         "band_points": int(fit.p_c.shape[0] + fit.p_m.shape[0]),
         "band_points_used": used,
         "refine_evaluations": nfev,
-        "refined_coarse_iou": round(final_iou, 4),
-        "final_coarse_iou": round(coarse_iou(fit.matrix_of(x)), 4),
+        "refined_coarse_iou": round(refined_iou, 4),
+        "final_coarse_iou": round(end_iou, 4),
         "refine_dropped": dropped,
         "refine_inplane_deg": round(rotation_parameters(fit.matrix_of(x_distance), spacing)[2], 4),
         **polish,
