@@ -106,6 +106,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                         help="passed to thoraxseg train --set (dotted keys, YAML values, e.g. augment.fov_prob=0.6); "
                              "the run folders get a matching suffix")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="train every arm this many epochs instead of the demo's (run folders get _epochsN)")
     parser.add_argument("--speed-epochs", type=int, default=0,
                         help="instead: time N-epoch trainings and the small-grid prediction, baseline and new "
                              "alternately (--speed-repeats times), and print the ratios")
@@ -136,7 +138,7 @@ def measure(args: argparse.Namespace, work: Path, demo: dict, trees: dict[str, P
     """Train (unless done) and predict every arm with ``train_seed`` on both trees; print and return the Dice."""
     results: dict[str, dict] = {}
     suffix = ("" if train_seed is None else f"_seed{train_seed}") + "".join(
-        f"_{o.replace('=', '-')}" for o in args.overrides)
+        f"_{o.replace('=', '-')}" for o in args.overrides) + ("" if args.epochs is None else f"_epochs{args.epochs}")
     for arm in args.arms:
         spec = demo[arm]
         cfg_path = work / f"{arm}{suffix}.yaml"
@@ -147,7 +149,7 @@ def measure(args: argparse.Namespace, work: Path, demo: dict, trees: dict[str, P
             if not (run / "last.pt").exists():
                 print(f"training {arm} ({side}{suffix}) ... {_load()}", flush=True)
                 _thoraxseg(tree, ["train", "--model", arm, "--data", str(work / "train"), "--out", str(run),
-                                  "--config", str(cfg_path), "--epochs", str(spec["epochs"]),
+                                  "--config", str(cfg_path), "--epochs", str(args.epochs or spec["epochs"]),
                                   "--threads", str(args.threads), *(f"--set={o}" for o in args.overrides)])
             entry = results.setdefault(f"{arm}_{side}", {"train_images_per_s": train_speed(run)})
             config = yaml.safe_load((run / "config.yaml").read_text())
