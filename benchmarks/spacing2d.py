@@ -21,7 +21,8 @@ trains once per seed instead of with the demo's (run folders ``<arm>_<tree>_seed
 organ: the mean Δ over the seeds, its range, and on how many seeds ``|Δ| ≤ 0.05``.
 
 Run: ``.venv/bin/python benchmarks/spacing2d.py [--baseline ../old-tree] [--work DIR] [--arms enet customnet]
-[--train-seed N [N ...]]``.
+[--train-seed N [N ...]] [--epochs N] [--set KEY=VALUE ...]``
+(``--epochs``: every arm trains N epochs instead of the demo's; the run folders get ``_epochsN``).
 """
 
 from __future__ import annotations
