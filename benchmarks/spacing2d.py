@@ -116,6 +116,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.speed_epochs and args.baseline is None:
         parser.error("--speed-epochs compares two trees: give --baseline")
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, not {args.epochs}")
+    if args.epochs is not None and args.speed_epochs:
+        parser.error("--epochs applies to the Dice runs; --speed-epochs sets its own")
     work = args.work or Path(tempfile.mkdtemp(prefix="spacing2d_"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"work folder {work}; {os.cpu_count()} CPUs; {_load()} at the start", flush=True)
@@ -150,7 +154,7 @@ def measure(args: argparse.Namespace, work: Path, demo: dict, trees: dict[str, P
             if not (run / "last.pt").exists():
                 print(f"training {arm} ({side}{suffix}) ... {_load()}", flush=True)
                 _thoraxseg(tree, ["train", "--model", arm, "--data", str(work / "train"), "--out", str(run),
-                                  "--config", str(cfg_path), "--epochs", str(args.epochs or spec["epochs"]),
+                                  "--config", str(cfg_path), "--epochs", str(spec["epochs"] if args.epochs is None else args.epochs),
                                   "--threads", str(args.threads), *(f"--set={o}" for o in args.overrides)])
             entry = results.setdefault(f"{arm}_{side}", {"train_images_per_s": train_speed(run)})
             config = yaml.safe_load((run / "config.yaml").read_text())
